@@ -1,0 +1,98 @@
+"""Input validation with one-line messages.
+
+Every public entry point checks its arguments here, before any NumPy call can fail deep inside
+with an unhelpful traceback. Each message names the argument, what was wrong, and the fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class HaloRefError(ValueError):
+    """Raised for bad input to halo_ref: the message names the argument and the fix."""
+
+
+def float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """Return `dtype` as a NumPy float32/float64 dtype, or raise a one-line error."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise HaloRefError(
+            f"{name}={dtype!r} is not a dtype; use np.float32 or np.float64"
+        ) from exc
+    if dt not in FLOAT_DTYPES:
+        raise HaloRefError(f"{name}={dt} is not supported; use np.float32 or np.float64")
+    return dt
+
+
+def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    """Return `value` as an int >= minimum, or raise naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise HaloRefError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise HaloRefError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices) -> None:
+    """Raise unless `value` is one of `choices`."""
+    if value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise HaloRefError(f"{name}={value!r} is not supported; choose one of {opts}")
+
+
+def check_feature_map(
+    x, name: str, *, channels: int | None, dtype: np.dtype, owner: str
+) -> np.ndarray:
+    """Check that `x` is a finite (B, C, H, W) float array of `dtype` with `channels` channels.
+
+    Returns `x` as an ndarray (no copy, no cast: a dtype mismatch is an error, never a silent cast).
+    """
+    if not isinstance(x, np.ndarray):
+        raise HaloRefError(
+            f"{owner}: {name} must be a NumPy array, got {type(x).__name__}; "
+            f"convert it with np.asarray({name}, dtype=np.{dtype.name})"
+        )
+    if x.ndim != 4:
+        raise HaloRefError(
+            f"{owner}: {name} must be 4-D (B, C, H, W), got shape {x.shape}; "
+            "add a batch axis with x[None] for a single image"
+        )
+    if x.dtype != dtype:
+        if x.dtype.kind in "fc":
+            fix = f"cast with {name}.astype(np.{dtype.name}) or build the layer with dtype=np.{x.dtype}"
+        else:
+            fix = f"cast with {name}.astype(np.{dtype.name})"
+        raise HaloRefError(f"{owner}: {name} has dtype {x.dtype} but the layer is {dtype}; {fix}")
+    if channels is not None and x.shape[1] != channels:
+        raise HaloRefError(
+            f"{owner}: {name} has {x.shape[1]} channels (axis 1 of shape {x.shape}) but the layer "
+            f"expects {channels}; pass NCHW input or build the layer with dim={x.shape[1]}"
+        )
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise HaloRefError(
+            f"{owner}: {name} contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
+            "check the data or the previous layer"
+        )
+    return x
+
+
+def check_spatial(H: int, W: int, *, block_size: int, stride: int, owner: str) -> None:
+    """Raise unless H and W are multiples of the block size and of the stride."""
+    for axis, n in (("H", H), ("W", W)):
+        if n % block_size:
+            lo, hi = n - n % block_size, n - n % block_size + block_size
+            raise HaloRefError(
+                f"{owner}: {axis}={n} is not a multiple of block_size={block_size}; "
+                f"pad or crop the feature map to {hi if lo == 0 else f'{lo} or {hi}'}, "
+                "or choose a block_size that divides it"
+            )
+        if n % stride:
+            raise HaloRefError(
+                f"{owner}: {axis}={n} is not a multiple of stride={stride}; pad or crop it to "
+                f"{n + stride - n % stride}"
+            )

@@ -1,0 +1,48 @@
+"""The `halo-ref` command line (also `python -m halo_ref`).
+
+Each sub-command lives in its own module exposing `register(subparsers)`, which adds a parser
+whose `func` default takes the parsed arguments and returns an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ._checks import HaloRefError
+
+# modules under halo_ref/commands, one per sub-command
+COMMANDS = ["demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command registered."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="halo-ref",
+        description="halo_ref: a NumPy + Numba reference implementation of HaloNet.",
+    )
+    parser.add_argument("--version", action="version", version=f"halo_ref {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"halo_ref.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the CLI; errors in user input print one line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HaloRefError as exc:
+        print(f"halo-ref: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("halo-ref: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Shared test set-up: hypothesis profiles, and a skip-or-fail rule for the PyTorch checks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# deadline=None: the first call of a shape may JIT-compile or allocate, which is not a bug.
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=300)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
+
+
+def _skip_or_fail(reason: str):
+    """Skip with a reason, or fail where HALO_REF_REQUIRE_TORCH is set (CI must run these)."""
+    if os.environ.get("HALO_REF_REQUIRE_TORCH"):
+        pytest.fail(f"{reason}, but HALO_REF_REQUIRE_TORCH is set", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The torch module (float64 matmuls deterministic on 1 thread), or skip with the command."""
+    try:
+        import torch
+    except ImportError:
+        _skip_or_fail("torch is not installed: pip install torch==2.13.0")
+    return torch
+
+
+@pytest.fixture(scope="session")
+def timm_halo_attn(torch):
+    """timm's `halo_attn` module loaded in isolation (see halo_ref.timm_compat), or skip."""
+    from halo_ref.timm_compat import load_timm_halo_attn
+
+    try:
+        return load_timm_halo_attn()
+    except ImportError as exc:
+        _skip_or_fail(str(exc))
