@@ -168,8 +168,36 @@ def halo_attention_backward(dout_map, cache):
     return dq_map, dkv_map, dheight_rel, dwidth_rel
 
 
-# Backends: name -> (forward, backward) with the signatures above. Kernels register themselves.
-BACKENDS = {"numpy": (halo_attention_forward, halo_attention_backward)}
+def _from_numba(name):
+    """A stand-in for `halo_ref.attention_numba.<name>` that imports it on first call, so that
+    `import halo_ref` does not pay for importing Numba and compiling kernels."""
+
+    def call(*args, **kwargs):
+        from . import attention_numba
+
+        return getattr(attention_numba, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+# The layer's 1x1 projections per backend (same contract as halo_ref.layers.conv1x1_*): the
+# numba backend keeps all its work on Numba's threads (see halo_ref.attention_numba).
+PROJECTIONS = {
+    "numpy": (conv1x1_forward, conv1x1_backward),
+    "numba": (_from_numba("conv1x1_forward_numba"), _from_numba("conv1x1_backward_numba")),
+}
+
+# Backends: name -> (forward, backward) with the signatures above. "numpy" is the readable
+# reference (and the oracle); "numba" is the fused parallel kernel, the default of the layer.
+BACKENDS = {
+    "numpy": (halo_attention_forward, halo_attention_backward),
+    "numba": (
+        _from_numba("halo_attention_forward_numba"),
+        _from_numba("halo_attention_backward_numba"),
+    ),
+}
+DEFAULT_BACKEND = "numba"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +220,8 @@ class HaloAttention(Module):
     border: "zeros" (timm: zero-padded keys take part in the softmax) or "mask" (they do not).
     dtype: np.float32 or np.float64, for the weights and the expected input; nothing is cast.
     rng: seed or `numpy.random.Generator` for the initial weights.
+    backend: "numba" (default; the fused parallel kernels of `halo_ref.attention_numba`) or
+    "numpy" (the readable reference above, the oracle).
     """
 
     def __init__(
@@ -211,7 +241,7 @@ class HaloAttention(Module):
         border="zeros",
         dtype=np.float32,
         rng=None,
-        backend="numpy",
+        backend=DEFAULT_BACKEND,
     ):
         super().__init__()
         owner = "HaloAttention"
@@ -283,20 +313,10 @@ class HaloAttention(Module):
         B, _, H, W = input_shape
         return (B, self.dim_out, H // self.stride, W // self.stride)
 
-    def forward(self, x):
-        """x: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride)."""
-        owner = "HaloAttention.forward"
-        x = check_feature_map(x, "x", channels=self.dim, dtype=self.dtype, owner=owner)
-        check_spatial(*x.shape[2:], block_size=self.block_size, stride=self.stride, owner=owner)
-        p = self._params
-        attn_forward, _ = BACKENDS[self.backend]
-        q_map, q_cache = conv1x1_forward(x, p["q.weight"], p.get("q.bias"), self.query_stride)
-        kv_map, kv_cache = conv1x1_forward(x, p["kv.weight"], p.get("kv.bias"))
-        out, attn_cache = attn_forward(
-            q_map,
-            kv_map,
-            p["pos_embed.height_rel"],
-            p["pos_embed.width_rel"],
+    def core_kwargs(self):
+        """The keyword arguments of the functional core (`halo_attention_forward` and the
+        oracle `halo_ref.reference.dense_halo_attention_forward`) for this layer."""
+        return dict(
             num_heads=self.num_heads,
             block_size=self.block_size,
             halo_size=self.halo_size,
@@ -305,6 +325,29 @@ class HaloAttention(Module):
             scale_pos_embed=self.scale_pos_embed,
             border=self.border,
         )
+
+    def project(self, x):
+        """The query and key/value maps of x with the NumPy 1x1 projections (no cache).
+
+        x: (B, dim, H, W) -> q_map (B, heads*d_qk, H/s, W/s), kv_map (B, heads*(d_qk+d_v), H, W).
+        """
+        p = self._params
+        q_map, _ = conv1x1_forward(x, p["q.weight"], p.get("q.bias"), self.query_stride)
+        kv_map, _ = conv1x1_forward(x, p["kv.weight"], p.get("kv.bias"))
+        return q_map, kv_map
+
+    def forward(self, x):
+        """x: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride)."""
+        owner = "HaloAttention.forward"
+        x = check_feature_map(x, "x", channels=self.dim, dtype=self.dtype, owner=owner)
+        check_spatial(*x.shape[2:], block_size=self.block_size, stride=self.stride, owner=owner)
+        p = self._params
+        attn_forward, _ = BACKENDS[self.backend]
+        proj_forward, _ = PROJECTIONS.get(self.backend, PROJECTIONS["numpy"])
+        q_map, q_cache = proj_forward(x, p["q.weight"], p.get("q.bias"), self.query_stride)
+        kv_map, kv_cache = proj_forward(x, p["kv.weight"], p.get("kv.bias"))
+        rel = p["pos_embed.height_rel"], p["pos_embed.width_rel"]
+        out, attn_cache = attn_forward(q_map, kv_map, *rel, **self.core_kwargs())
         pool_cache = None
         if self.pool:
             out, pool_cache = avgpool2x2_forward(out)
@@ -330,8 +373,9 @@ class HaloAttention(Module):
         if self.pool:
             dout = avgpool2x2_backward(dout, pool_cache)
         dq_map, dkv_map, dh, dw = attn_backward(dout, attn_cache)
-        dx_q, dwq, dbq = conv1x1_backward(dq_map, q_cache)
-        dx_kv, dwkv, dbkv = conv1x1_backward(dkv_map, kv_cache)
+        _, proj_backward = PROJECTIONS.get(self.backend, PROJECTIONS["numpy"])
+        dx_q, dwq, dbq = proj_backward(dq_map, q_cache)
+        dx_kv, dwkv, dbkv = proj_backward(dkv_map, kv_cache)
         g = {
             "q.weight": dwq,
             "kv.weight": dwkv,

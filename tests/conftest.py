@@ -48,3 +48,12 @@ def timm_halo_attn(torch):
         return load_timm_halo_attn()
     except ImportError as exc:
         _skip_or_fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def numba_warm():
+    """Compile (or load from Numba's disk cache) the halo attention kernels once per session,
+    so no single test, and no hypothesis example, carries the compile time."""
+    from halo_ref.attention_numba import warm_up
+
+    return warm_up()

@@ -147,3 +147,94 @@ def layer_cases(draw, borders=("zeros", "mask"), max_block=4):
         W=step * draw(st.integers(1, 3)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+# -- halo_ref.testing comparisons (tests/test_testing.py) --------------------------------------
+@dataclass(frozen=True)
+class PerturbedArray:
+    """An expected array and a copy with one entry moved by `delta` (relative to max |expected|)."""
+
+    expected: np.ndarray
+    index: tuple[int, ...]
+    delta: float
+
+    def actual(self):
+        out = self.expected.copy()
+        out[self.index] += self.delta * np.max(np.abs(self.expected))
+        return out
+
+
+@st.composite
+def perturbed_arrays(draw, max_dims=4, max_side=5):
+    """A random float64 array (not all zero), an index into it and a relative perturbation."""
+    shape = tuple(draw(st.lists(st.integers(1, max_side), min_size=1, max_size=max_dims)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    expected = np.random.default_rng(seed).standard_normal(shape)
+    index = tuple(draw(st.integers(0, n - 1)) for n in shape)
+    delta = draw(st.sampled_from([-1.0, 1.0])) * draw(st.floats(1e-6, 10.0))
+    return PerturbedArray(expected, index, delta)
+
+
+# -- layers with manual backward (tests/test_layers.py) ------------------------------------------
+@dataclass(frozen=True)
+class ConvCase:
+    """A 2-D convolution or pooling window: input shape, kernel, stride, padding, channels."""
+
+    batch: int
+    in_ch: int
+    out_ch: int
+    kernel: int
+    stride: int
+    padding: int
+    H: int
+    W: int
+    bias: bool
+    seed: int
+
+    def arrays(self, dtype=np.float64):
+        """Random x (B, C, H, W), weight (O, C, k, k) and bias (O,)."""
+        rng = np.random.default_rng(self.seed)
+        x = rng.standard_normal((self.batch, self.in_ch, self.H, self.W))
+        w = rng.standard_normal((self.out_ch, self.in_ch, self.kernel, self.kernel))
+        b = rng.standard_normal(self.out_ch)
+        return x.astype(dtype), w.astype(dtype), b.astype(dtype)
+
+
+@st.composite
+def conv_cases(draw, max_kernel=4, max_side=7, max_pad=None):
+    """Kernels 1..max_kernel, strides 1..3, padding 0..k (or 0..max_pad), maps at least k wide
+    after padding, odd and non-square sizes included."""
+    k = draw(st.integers(1, max_kernel))
+    p = draw(st.integers(0, k if max_pad is None else min(k, max_pad)))
+    lo = max(1, k - 2 * p)
+    return ConvCase(
+        batch=draw(st.integers(1, 3)),
+        in_ch=draw(st.integers(1, 3)),
+        out_ch=draw(st.integers(1, 3)),
+        kernel=k,
+        stride=draw(st.integers(1, 3)),
+        padding=p,
+        H=draw(st.integers(lo, max(lo, max_side))),
+        W=draw(st.integers(lo, max(lo, max_side))),
+        bias=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@st.composite
+def feature_maps(draw, max_batch=3, max_ch=4, max_side=6, even=False):
+    """A random float64 (B, C, H, W) map; with even=True, H and W are even."""
+    step = 2 if even else 1
+    shape = (
+        draw(st.integers(1, max_batch)),
+        draw(st.integers(1, max_ch)),
+        step * draw(st.integers(1, max_side // step)),
+        step * draw(st.integers(1, max_side // step)),
+    )
+    return np.random.default_rng(draw(st.integers(0, 2**31 - 1))).standard_normal(shape)
+
+
+@st.composite
+def augment_cases(draw):
+    """(crop_pad, flip, seed) for halo_ref.data.augment: pads 0..3 on small 5x6 images."""
+    return draw(st.integers(0, 3)), draw(st.booleans()), draw(st.integers(0, 2**32 - 1))

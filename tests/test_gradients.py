@@ -61,7 +61,9 @@ def test_checker_catches_a_wrong_input_gradient(monkeypatch):
 
     # a softmax backward that forgets the "- sum(dp * p)" term
     monkeypatch.setattr(attention, "softmax_backward", lambda dp, p: p * dp)
-    layer = HaloAttention(4, 4, num_heads=2, block_size=2, halo_size=1, dtype=np.float64, rng=1)
+    layer = HaloAttention(
+        4, 4, num_heads=2, block_size=2, halo_size=1, dtype=np.float64, rng=1, backend="numpy"
+    )
     x = np.random.default_rng(1).standard_normal((1, 4, 4, 4))
     with pytest.raises(GradientCheckError, match="x:"):
         check_layer_gradients(layer, x, rng=1)

@@ -9,7 +9,7 @@ from strategies import core_cases, layer_cases
 
 from halo_ref import HaloAttention
 from halo_ref.attention import halo_attention_backward, halo_attention_forward
-from halo_ref.layers import avgpool2x2_forward, conv1x1_forward
+from halo_ref.layers import avgpool2x2_forward
 from halo_ref.reference import (
     dense_halo_attention_backward,
     dense_halo_attention_forward,
@@ -66,22 +66,9 @@ def test_layer_equals_projections_plus_dense_oracle(case):
         case.dim, case.dim_out, dtype=np.float64, rng=case.seed, **case.layer_kwargs()
     )
     x = case.input()
-    p = layer.params
-    q, _ = conv1x1_forward(x, p["q.weight"], p.get("q.bias"), layer.query_stride)
-    kv, _ = conv1x1_forward(x, p["kv.weight"], p.get("kv.bias"))
-    ref, _ = dense_halo_attention_forward(
-        q,
-        kv,
-        p["pos_embed.height_rel"],
-        p["pos_embed.width_rel"],
-        num_heads=layer.num_heads,
-        block_size=layer.block_size,
-        halo_size=layer.halo_size,
-        query_stride=layer.query_stride,
-        scale=layer.scale,
-        scale_pos_embed=layer.scale_pos_embed,
-        border=layer.border,
-    )
+    q, kv = layer.project(x)
+    rel = layer.params["pos_embed.height_rel"], layer.params["pos_embed.width_rel"]
+    ref, _ = dense_halo_attention_forward(q, kv, *rel, **layer.core_kwargs())
     if layer.pool:
         ref, _ = avgpool2x2_forward(ref)
     out = layer.forward(x)

@@ -35,19 +35,9 @@ def run(args) -> int:
     out = layer.forward(x)
     print(f"output: {out.shape} in {1e3 * (time.perf_counter() - t0):.1f} ms")
 
-    p = layer.params
-    from ..layers import conv1x1_forward
-
-    q_map, _ = conv1x1_forward(x, p["q.weight"])
-    kv_map, _ = conv1x1_forward(x, p["kv.weight"])
-    kwargs = dict(
-        num_heads=layer.num_heads,
-        block_size=layer.block_size,
-        halo_size=layer.halo_size,
-        scale=layer.scale,
-        border=layer.border,
-    )
-    rel = (p["pos_embed.height_rel"], p["pos_embed.width_rel"])
+    q_map, kv_map = layer.project(x)
+    kwargs = layer.core_kwargs()
+    rel = (layer.params["pos_embed.height_rel"], layer.params["pos_embed.width_rel"])
     dense, _ = dense_halo_attention_forward(q_map, kv_map, *rel, **kwargs)
     loops = halo_attention_loops(q_map, kv_map, *rel, **kwargs)
     e_dense, e_loops = relative_error(out, dense), relative_error(out, loops)

@@ -1,0 +1,578 @@
+"""Numba kernels for halo attention (paper, section 3.1 "Blocked local self-attention").
+
+The same maths as `halo_ref.attention.halo_attention_forward` / `halo_attention_backward` (the
+readable NumPy version, which stays the oracle), computed block by block without ever building
+the (B, N, win*win, C) array of gathered windows:
+
+- each (image, head) pair is one task; `prange` hands the tasks to Numba's threads one at a
+  time (dynamic scheduling: on a shared machine a descheduled thread does not stall the rest);
+- a task first copies its head's q, k and v channel-last, k and v zero-padded by the halo (the
+  zeros are border="zeros"' keys outside the image), so every block's window is a plain slice;
+  then, block by block, it copies the window into small buffers, runs q.k, q against the
+  relative tables and attn @ v as small BLAS products, and fuses the relative logits, the
+  border mask and the softmax in loops over the block's Pq x Pw tile;
+- the forward keeps the attention probabilities (B, heads, N, Pq, Pw) for the backward, and
+  nothing else that grows with the map: the backward re-reads q and k/v from the projected maps.
+
+Why the backward needs no atomics and is deterministic: a task owns the channels of its head in
+one image, so the key/value gradients of overlapping windows are added into its own padded
+buffer by a single thread in a fixed block order; the relative-table gradients go into one
+partial buffer per task, summed afterwards in task order. Which thread runs a task never
+changes its arithmetic, so results are bit-identical for any thread count.
+
+float32 runs in float32 throughout, with a vectorisable exp (`_exp_f32`, within 4 ulp) because
+Numba's scalar `expf` costs more than the matrix products; float64 uses the exact `np.exp`.
+
+The layer's 1x1 projections for this backend (`conv1x1_forward_numba`, `conv1x1_backward_numba`,
+same contract as `halo_ref.layers.conv1x1_*`) also run on Numba's threads, see below.
+
+Compilation: four parallel kernels (attention forward and backward, projection, weight
+gradient) x two dtypes = eight specialisations (plus the small helpers they inline); every
+option (border, stride, scale_pos_embed, sizes) is a runtime argument. Compiled code is cached
+on disk (`cache=True`), so only the first process pays the compile time (about 70 s on the
+2-core CI machine; a warm process loads everything in about 1 s). Environment:
+
+- NUMBA_CACHE_DIR: where the cache goes when the package folder is read-only (system installs);
+- NUMBA_NUM_THREADS or `numba.set_num_threads(n)`: the number of threads `prange` uses.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit, prange, set_parallel_chunksize, types
+from numba.extending import overload
+
+from ._checks import HaloRefError
+
+# Never "nnan"/"ninf": masked logits are -inf and must stay -inf through max and exp.
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+
+# exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]; ln 2 is split
+# into a part exact in float32 and a small correction (Cody and Waite) so r keeps full precision.
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_MIN = np.float32(-87.0)  # below this 2^n is subnormal; such weights are set to exactly 0
+# Taylor coefficients 1/k!, k = 2..7: the truncation error on |r| <= 0.35 is below 1e-8
+_C2, _C3, _C4 = np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24)
+_C5, _C6, _C7 = np.float32(1 / 120), np.float32(1 / 720), np.float32(1 / 5040)
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _exp_f32(x, out, bits):
+    """out[i] = exp(x[i]) for float32 x <= 0 (shifted logits), relative error < 5e-7 (4 ulp);
+    0 for x <= -87 and -inf. bits: int32 scratch.
+
+    Two branch-free loops that LLVM vectorises: a polynomial for exp(r), then the 2^n factor
+    built from its exponent bits (an int32 buffer viewed as float32).
+    """
+    n = x.shape[0]
+    for i in range(n):
+        xi = max(x[i], _EXP_MIN)
+        k = np.floor(xi * _LOG2E + np.float32(0.5))
+        r = xi - k * _LN2_HI - k * _LN2_LO
+        p = _C6 + r * _C7
+        p = _C5 + r * p
+        p = _C4 + r * p
+        p = _C3 + r * p
+        p = _C2 + r * p
+        p = np.float32(1.0) + r * p
+        out[i] = np.float32(1.0) + r * p
+        bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    two_n = bits.view(np.float32)
+    for i in range(n):
+        e = out[i] * two_n[i]
+        out[i] = e if x[i] > _EXP_MIN else np.float32(0.0)
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _exp_f64(x, out, bits):
+    """out[i] = exp(x[i]) with the exact np.exp (float64 must match the reference to 1e-12)."""
+    for i in range(x.shape[0]):
+        out[i] = np.exp(x[i])
+
+
+def _exp_into(x, out, bits):
+    """out = exp(x) elementwise; compiled per dtype by the overload below."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+@overload(_exp_into, jit_options={"fastmath": _FASTMATH})
+def _exp_into_impl(x, out, bits):
+    if x.dtype == types.float32:
+        return lambda x, out, bits: _exp_f32(x, out, bits)
+    return lambda x, out, bits: _exp_f64(x, out, bits)
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _softmax_row(row, tmp, bits):
+    """In-place softmax of one row of logits (-inf entries get exactly 0)."""
+    n = row.shape[0]
+    m = row[0]
+    for i in range(1, n):
+        m = max(m, row[i])
+    for i in range(n):
+        tmp[i] = row[i] - m
+    _exp_into(tmp, row, bits)
+    s = row[0]
+    for i in range(1, n):
+        s += row[i]
+    inv = 1 / s
+    for i in range(n):
+        row[i] *= inv
+
+
+@njit(cache=True)
+def _to_pixels(src, b, c0, pad, dst):
+    """dst[pad + y, pad + x, c] = src[b, c0 + c, y, x] for c < dst.shape[2]: one head's channels
+    of one image, channel-last (the border of width `pad` is left as it is)."""
+    channels, H, W = dst.shape[2], src.shape[2], src.shape[3]
+    for c in range(channels):
+        for y in range(H):
+            for x in range(W):
+                dst[pad + y, pad + x, c] = src[b, c0 + c, y, x]
+
+
+@njit(cache=True)
+def _from_pixels(src, pad, dst, b, c0):
+    """The inverse of `_to_pixels`: dst[b, c0 + c, y, x] = src[pad + y, pad + x, c]."""
+    channels, H, W = src.shape[2], dst.shape[2], dst.shape[3]
+    for c in range(channels):
+        for y in range(H):
+            for x in range(W):
+                dst[b, c0 + c, y, x] = src[pad + y, pad + x, c]
+
+
+@njit(cache=True)
+def _copy_patch(src, y0, x0, size, dst):
+    """dst[i*size + j, :] = src[y0 + i, x0 + j, :]: a size x size patch of a channel-last map,
+    pixels row-major; each patch row is one contiguous run of size*channels values."""
+    run = size * src.shape[2]
+    flat = dst.reshape(-1)
+    for i in range(size):
+        row = src[y0 + i].reshape(-1)
+        start = x0 * src.shape[2]
+        for k in range(run):
+            flat[i * run + k] = row[start + k]
+
+
+@njit(cache=True)
+def _add_patch(src, dst, y0, x0, size):
+    """The adjoint of `_copy_patch`: dst[y0 + i, x0 + j, :] += src[i*size + j, :]."""
+    run = size * dst.shape[2]
+    flat = src.reshape(-1)
+    for i in range(size):
+        row = dst[y0 + i].reshape(-1)
+        start = x0 * dst.shape[2]
+        for k in range(run):
+            row[start + k] += flat[i * run + k]
+
+
+@njit(cache=True)
+def _copy_patch_back(src, dst, y0, x0, size):
+    """The inverse of `_copy_patch`: dst[y0 + i, x0 + j, :] = src[i*size + j, :]."""
+    run = size * dst.shape[2]
+    flat = src.reshape(-1)
+    for i in range(size):
+        row = dst[y0 + i].reshape(-1)
+        start = x0 * dst.shape[2]
+        for k in range(run):
+            row[start + k] = flat[i * run + k]
+
+
+@njit(cache=True)
+def _border_row(H, W, y0, x0, win, mask, out):
+    """Additive mask of one window: -inf on pixels outside the image when `mask`, else 0."""
+    for ky in range(win):
+        for kx in range(win):
+            y, x = y0 + ky, x0 + kx
+            outside = y < 0 or y >= H or x < 0 or x >= W
+            out[ky * win + kx] = -np.inf if (mask and outside) else 0
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _forward_kernel(
+    q_map, kv_map, rh, rw, num_heads, block, halo, qs, scale, scale_pos, mask, out_map, attn
+):
+    """Fill out_map (B, heads*d_v, Hq, Wq) and attn (B, heads, N, Pq, Pw); see module docstring."""
+    B, _, H, W = kv_map.shape
+    Hq, Wq = q_map.shape[2], q_map.shape[3]
+    R, d_qk = rh.shape
+    d_v = out_map.shape[1] // num_heads
+    bq = block // qs
+    win = block + 2 * halo
+    Pq, Pw = bq * bq, win * win
+    nbw = W // block
+    N = (H // block) * nbw
+    # logits = cs * q.k + bs * position: (scale, 1) by default, (scale, scale) with scale_pos
+    cs = scale
+    bs = scale if scale_pos else scale / scale
+    for t in prange(B * num_heads):
+        b = t // num_heads
+        hd = t - b * num_heads
+        qc0, kc0, oc0 = hd * d_qk, hd * (d_qk + d_v), hd * d_v
+        dt = q_map.dtype
+        # this head of this image, channel-last; keys and values zero-padded by the halo, so
+        # every window is a plain slice (the zeros are border="zeros"' keys outside the image)
+        qpix = np.empty((Hq, Wq, d_qk), dt)
+        kpix = np.zeros((H + 2 * halo, W + 2 * halo, d_qk), dt)
+        vpix = np.zeros((H + 2 * halo, W + 2 * halo, d_v), dt)
+        _to_pixels(q_map, b, qc0, 0, qpix)
+        _to_pixels(kv_map, b, kc0, halo, kpix)
+        _to_pixels(kv_map, b, kc0 + d_qk, halo, vpix)
+        Q = np.empty((Pq, d_qk), dt)  # the block's queries, pixel-major
+        K = np.empty((Pw, d_qk), dt)  # the window's keys
+        V = np.empty((Pw, d_v), dt)
+        Ot = np.empty((d_v, Pq), dt)
+        qh = np.empty((Pq, R), dt)  # q . height_rel[r] for every query and table row r
+        qw = np.empty((Pq, R), dt)
+        madd = np.empty(Pw, dt)
+        tmp = np.empty(Pw, dt)
+        bits = np.empty(Pw, np.int32)
+        for n in range(N):
+            by, bx = n // nbw, n % nbw
+            _copy_patch(qpix, by * bq, bx * bq, bq, Q)
+            _copy_patch(kpix, by * block, bx * block, win, K)  # padded coords: no "- halo"
+            _copy_patch(vpix, by * block, bx * block, win, V)
+            _border_row(H, W, by * block - halo, bx * block - halo, win, mask, madd)
+            A = attn[b, hd, n]  # Pq, Pw: logits first, probabilities in place
+            np.dot(Q, K.T, A)  # content logits q . k
+            np.dot(Q, rh.T, qh)
+            np.dot(Q, rw.T, qw)
+            for p in range(Pq):
+                # the query at (qy, qx) of its block reads table rows k - q + win - 1, k < win;
+                # slicing once lets the inner loop run on plain unit-stride rows (vectorised)
+                qy, qx = p // bq, p % bq
+                row = A[p]
+                h_row = qh[p, win - 1 - qy : 2 * win - 1 - qy]
+                w_row = qw[p, win - 1 - qx : 2 * win - 1 - qx]
+                for ky in range(win):
+                    hv = h_row[ky]
+                    r = row[ky * win : ky * win + win]
+                    m = madd[ky * win : ky * win + win]
+                    for kx in range(win):
+                        r[kx] = cs * r[kx] + bs * (hv + w_row[kx]) + m[kx]
+                _softmax_row(row, tmp, bits)
+            np.dot(V.T, A.T, Ot)  # out^T = v^T @ A^T: d_v, Pq
+            for c in range(d_v):
+                for i in range(bq):
+                    for j in range(bq):
+                        out_map[b, oc0 + c, by * bq + i, bx * bq + j] = Ot[c, i * bq + j]
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _backward_kernel(
+    dout_map,
+    q_map,
+    kv_map,
+    rh,
+    rw,
+    attn,
+    num_heads,
+    block,
+    halo,
+    qs,
+    scale,
+    scale_pos,
+    dq_map,
+    dkv_map,
+    dh_part,
+    dw_part,
+):
+    """Fill dq_map, dkv_map and the per-task table gradients dh_part, dw_part (B*heads, R, d_qk)."""
+    B, _, H, W = kv_map.shape
+    Hq, Wq = q_map.shape[2], q_map.shape[3]
+    R, d_qk = rh.shape
+    d_v = dout_map.shape[1] // num_heads
+    bq = block // qs
+    win = block + 2 * halo
+    Pq, Pw = bq * bq, win * win
+    nbw = W // block
+    N = (H // block) * nbw
+    cs = scale
+    pos_ratio = scale / scale if scale_pos else 1 / scale  # position weight / content weight
+    for t in prange(B * num_heads):
+        b = t // num_heads
+        hd = t - b * num_heads
+        qc0, kc0, oc0 = hd * d_qk, hd * (d_qk + d_v), hd * d_v
+        dt = q_map.dtype
+        Hp, Wp = H + 2 * halo, W + 2 * halo
+        qpix = np.empty((Hq, Wq, d_qk), dt)
+        dopix = np.empty((Hq, Wq, d_v), dt)
+        kpix = np.zeros((Hp, Wp, d_qk), dt)
+        vpix = np.zeros((Hp, Wp, d_v), dt)
+        dqpix = np.empty((Hq, Wq, d_qk), dt)
+        # gradients of the padded keys and values: windows overlap, and this task owns them all
+        dkpix = np.zeros((Hp, Wp, d_qk), dt)
+        dvpix = np.zeros((Hp, Wp, d_v), dt)
+        _to_pixels(q_map, b, qc0, 0, qpix)
+        _to_pixels(dout_map, b, oc0, 0, dopix)
+        _to_pixels(kv_map, b, kc0, halo, kpix)
+        _to_pixels(kv_map, b, kc0 + d_qk, halo, vpix)
+        Q = np.empty((Pq, d_qk), dt)
+        dO = np.empty((Pq, d_v), dt)
+        K = np.empty((Pw, d_qk), dt)
+        V = np.empty((Pw, d_v), dt)
+        dL = np.empty((Pq, Pw), dt)  # d attn, then cs * d logits in place
+        dQ = np.empty((Pq, d_qk), dt)
+        tQ = np.empty((Pq, d_qk), dt)
+        dK = np.empty((Pw, d_qk), dt)
+        dV = np.empty((Pw, d_v), dt)
+        dqh = np.empty((Pq, R), dt)  # d (q . height_rel[r]) per query
+        dqw = np.empty((Pq, R), dt)
+        tR = np.empty((R, d_qk), dt)
+        dh = dh_part[t]
+        dw = dw_part[t]
+        dh[:] = 0
+        dw[:] = 0
+        for n in range(N):
+            by, bx = n // nbw, n % nbw
+            _copy_patch(qpix, by * bq, bx * bq, bq, Q)
+            _copy_patch(dopix, by * bq, bx * bq, bq, dO)
+            _copy_patch(kpix, by * block, bx * block, win, K)
+            _copy_patch(vpix, by * block, bx * block, win, V)
+            A = attn[b, hd, n]
+            # out = A @ v: dA = dout @ v^T, dv = A^T @ dout
+            np.dot(dO, V.T, dL)
+            np.dot(A.T, dO, dV)
+            # softmax: dlogits = A * (dA - sum(dA * A)) row by row; times cs for the content
+            for p in range(Pq):
+                a_row, g_row = A[p], dL[p]
+                s = g_row[0] * a_row[0]
+                for w in range(1, Pw):
+                    s += g_row[w] * a_row[w]
+                for w in range(Pw):
+                    g_row[w] = cs * (a_row[w] * (g_row[w] - s))
+            # position term: bias[p, ky, kx] = q_h[p, ky - qy + win - 1] + q_w[p, kx - qx + ...];
+            # within one query every table row is used by one ky (one kx): no collisions
+            for p in range(Pq):
+                qy, qx = p // bq, p % bq
+                g_row = dL[p]
+                dqh[p, :] = 0
+                dqw[p, :] = 0
+                h_seg = dqh[p, win - 1 - qy : 2 * win - 1 - qy]
+                w_seg = dqw[p, win - 1 - qx : 2 * win - 1 - qx]
+                for ky in range(win):
+                    seg = g_row[ky * win : ky * win + win]
+                    s = seg[0]
+                    for kx in range(1, win):
+                        s += seg[kx]
+                    h_seg[ky] = pos_ratio * s
+                    for kx in range(win):
+                        w_seg[kx] += seg[kx]
+                for kx in range(win):
+                    w_seg[kx] *= pos_ratio
+            # content = q @ k^T (cs is already in dL); q_h = q @ height_rel^T, same for width
+            np.dot(dL, K, dQ)
+            np.dot(dqh, rh, tQ)
+            dQ += tQ
+            np.dot(dqw, rw, tQ)
+            dQ += tQ
+            np.dot(dL.T, Q, dK)
+            np.dot(dqh.T, Q, tR)
+            dh += tR
+            np.dot(dqw.T, Q, tR)
+            dw += tR
+            # query blocks are disjoint; windows overlap, added in block order (deterministic)
+            _copy_patch_back(dQ, dqpix, by * bq, bx * bq, bq)
+            _add_patch(dK, dkpix, by * block, bx * block, win)
+            _add_patch(dV, dvpix, by * block, bx * block, win)
+        _from_pixels(dqpix, 0, dq_map, b, qc0)
+        # the padding's gradient is dropped: those keys were zeros that no pixel produced
+        _from_pixels(dkpix, halo, dkv_map, b, kc0)
+        _from_pixels(dvpix, halo, dkv_map, b, kc0 + d_qk)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1x1 projections for the numba backend: same contract as halo_ref.layers.conv1x1_*, but run on
+# Numba's threads as many small BLAS products. Each product stays below OpenBLAS's threshold
+# for starting its own threads (m*n*k <= 2**18), so no second thread pool competes with
+# Numba's: on the shared 2-core CI machine, one big multi-threaded product per image measured
+# ~10x slower (mostly OpenBLAS threads spinning against the others).
+# ---------------------------------------------------------------------------------------------
+_MNK = 2**17  # multiply-adds per BLAS call: half of OpenBLAS's single-thread threshold
+
+
+@njit(parallel=True, cache=True)
+def _project_kernel(w, x, out):
+    """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L), in pixel chunks."""
+    B, C, L = x.shape
+    O = w.shape[0]
+    chunk = min(L, 32)
+    rows = max(1, min(O, _MNK // (C * chunk)))
+    n_chunks = (L + chunk - 1) // chunk
+    for t in prange(B * n_chunks):
+        b = t // n_chunks
+        lo = (t % n_chunks) * chunk
+        hi = min(L, lo + chunk)
+        xb = np.ascontiguousarray(x[b, :, lo:hi])  # C, chunk
+        ob = np.empty((rows, hi - lo), x.dtype)
+        for o0 in range(0, O, rows):
+            o1 = min(O, o0 + rows)
+            np.dot(w[o0:o1], xb, ob[: o1 - o0])
+            out[b, o0:o1, lo:hi] = ob[: o1 - o0]
+
+
+@njit(parallel=True, cache=True)
+def _weight_grad_kernel(dout, x, partial):
+    """partial[b] = dout[b] @ x[b]^T for dout (B, O, L), x (B, C, L), partial (B, O, C)."""
+    B, O, L = dout.shape
+    C = x.shape[1]
+    chunk = min(L, 64)
+    rows = max(1, min(O, _MNK // (C * chunk)))
+    for b in prange(B):
+        acc = partial[b]
+        acc[:] = 0
+        tmp = np.empty((rows, C), x.dtype)
+        for lo in range(0, L, chunk):
+            hi = min(L, lo + chunk)
+            xt = np.ascontiguousarray(x[b, :, lo:hi].T)  # chunk, C
+            for o0 in range(0, O, rows):
+                o1 = min(O, o0 + rows)
+                d = np.ascontiguousarray(dout[b, o0:o1, lo:hi])
+                np.dot(d, xt, tmp[: o1 - o0])
+                acc[o0:o1] += tmp[: o1 - o0]
+
+
+def conv1x1_forward_numba(x, weight, bias=None, stride=1):
+    """`halo_ref.layers.conv1x1_forward` on Numba's threads (same arguments, same cache use).
+
+    x: (B, C, H, W); weight: (O, C, 1, 1); bias: (O,) or None; stride s in {1, 2}.
+    Returns out (B, O, H/s, W/s) and a cache for `conv1x1_backward_numba`.
+    """
+    xs = x[:, :, ::stride, ::stride] if stride > 1 else x
+    B, C, Ho, Wo = xs.shape
+    xs = np.ascontiguousarray(xs).reshape(B, C, Ho * Wo)  # B, C, pixels
+    w = np.ascontiguousarray(weight[:, :, 0, 0])
+    out = np.empty((B, w.shape[0], Ho * Wo), x.dtype)
+    _project_kernel(w, xs, out)
+    if bias is not None:
+        out += bias[None, :, None]
+    return out.reshape(B, -1, Ho, Wo), (xs, w, bias is not None, x.shape, stride)
+
+
+def conv1x1_backward_numba(dout, cache):
+    """Gradients of `conv1x1_forward_numba`: dx (B, C, H, W), dweight (O, C, 1, 1), dbias."""
+    xs, w, has_bias, x_shape, stride = cache
+    B, O, Ho, Wo = dout.shape
+    d2 = np.ascontiguousarray(dout).reshape(B, O, Ho * Wo)
+    dxs = np.empty((B, w.shape[1], Ho * Wo), dout.dtype)
+    _project_kernel(np.ascontiguousarray(w.T), d2, dxs)
+    partial = np.empty((B, O, w.shape[1]), dout.dtype)
+    _weight_grad_kernel(d2, xs, partial)
+    dweight = partial.sum(axis=0)[:, :, None, None]  # fixed-order sum over images
+    dbias = d2.sum(axis=(0, 2)) if has_bias else None
+    dxs = dxs.reshape(B, -1, Ho, Wo)
+    if stride > 1:
+        dx = np.zeros(x_shape, dtype=dout.dtype)
+        dx[:, :, ::stride, ::stride] = dxs  # the skipped pixels did not reach the output
+    else:
+        dx = dxs
+    return dx, dweight, dbias
+
+
+def warm_up(dtypes=(np.float32, np.float64)):
+    """Compile the kernels for each dtype (or load them from the disk cache) by running a tiny
+    case of each; returns the seconds spent. Call it once before timing anything."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for dt in dtypes:
+        q = rng.standard_normal((1, 2, 2, 2)).astype(dt)
+        kv = rng.standard_normal((1, 4, 2, 2)).astype(dt)
+        rel = rng.standard_normal((5, 2)).astype(dt)
+        kwargs = dict(num_heads=1, block_size=2, halo_size=1, scale=0.5, border="mask")
+        out, cache = halo_attention_forward_numba(q, kv, rel, rel, **kwargs)
+        halo_attention_backward_numba(out, cache)
+        y, cache = conv1x1_forward_numba(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
+        conv1x1_backward_numba(y, cache)
+    return time.perf_counter() - start
+
+
+def _run_dynamic(kernel, *args):
+    """Run a prange kernel handing out one (image, head) task at a time instead of splitting
+    the tasks into equal static halves: on a shared machine one thread is often descheduled,
+    and with static halves the other would then sit idle at the end of the region. Which thread
+    runs a task does not change its result, so outputs stay bit-identical."""
+    previous = set_parallel_chunksize(1)
+    try:
+        kernel(*args)
+    finally:
+        set_parallel_chunksize(previous)
+
+
+def _contiguous(a, dtype):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def halo_attention_forward_numba(
+    q_map,
+    kv_map,
+    height_rel,
+    width_rel,
+    *,
+    num_heads,
+    block_size,
+    halo_size,
+    query_stride=1,
+    scale,
+    scale_pos_embed=False,
+    border="zeros",
+):
+    """Halo attention on projected maps, with the Numba kernel (same contract as the reference).
+
+    q_map: (B, heads*d_qk, H/s, W/s); kv_map: (B, heads*(d_qk+d_v), H, W), per head [k | v];
+    height_rel, width_rel: (2*win - 1, d_qk). Returns out (B, heads*d_v, H/s, W/s) and a cache
+    for `halo_attention_backward_numba`. The cache refers to q_map and kv_map (no copies): do not
+    modify them in place before the backward.
+    """
+    dt = kv_map.dtype
+    if dt not in (np.float32, np.float64) or q_map.dtype != dt or height_rel.dtype != dt:
+        raise HaloRefError(
+            f"numba halo attention: q_map ({q_map.dtype}), kv_map ({dt}) and the relative tables "
+            f"({height_rel.dtype}) must share one dtype, float32 or float64; cast them to one"
+        )
+    B, C, H, W = kv_map.shape
+    R, d_qk = height_rel.shape
+    d_v = C // num_heads - d_qk
+    bq = block_size // query_stride
+    win = block_size + 2 * halo_size
+    N = (H // block_size) * (W // block_size)
+    q_map, kv_map = _contiguous(q_map, dt), _contiguous(kv_map, dt)
+    height_rel, width_rel = _contiguous(height_rel, dt), _contiguous(width_rel, dt)
+    Hq, Wq = q_map.shape[2:]
+    out_map = np.empty((B, num_heads * d_v, Hq, Wq), dt)
+    attn = np.empty((B, num_heads, N, bq * bq, win * win), dt)  # B, heads, N, Pq, Pw
+    args = (num_heads, block_size, halo_size, query_stride, dt.type(scale))
+    _run_dynamic(
+        _forward_kernel,
+        q_map, kv_map, height_rel, width_rel, *args, bool(scale_pos_embed), border == "mask",
+        out_map, attn,
+    )  # fmt: skip
+    cache = (q_map, kv_map, height_rel, width_rel, attn, args, bool(scale_pos_embed))
+    return out_map, cache
+
+
+def halo_attention_backward_numba(dout_map, cache):
+    """Gradients of `halo_attention_forward_numba`.
+
+    dout_map: (B, heads*d_v, H/s, W/s). Returns dq_map (like q_map), dkv_map (like kv_map),
+    dheight_rel and dwidth_rel (2*win - 1, d_qk).
+    """
+    q_map, kv_map, height_rel, width_rel, attn, args, scale_pos = cache
+    dt = kv_map.dtype
+    dout_map = _contiguous(dout_map, dt)
+    B, num_heads = attn.shape[:2]
+    R, d_qk = height_rel.shape
+    dq_map = np.empty_like(q_map)
+    dkv_map = np.empty_like(kv_map)
+    dh_part = np.empty((B * num_heads, R, d_qk), dt)
+    dw_part = np.empty((B * num_heads, R, d_qk), dt)
+    _run_dynamic(
+        _backward_kernel,
+        dout_map, q_map, kv_map, height_rel, width_rel, attn, *args, scale_pos,
+        dq_map, dkv_map, dh_part, dw_part,
+    )  # fmt: skip
+    # fixed-order reduction over tasks: deterministic whatever the thread count
+    return dq_map, dkv_map, dh_part.sum(axis=0), dw_part.sum(axis=0)
