@@ -4,6 +4,10 @@ A `Module` owns named parameter arrays and, after `backward`, gradient arrays un
 names. Children are other modules whose names become dotted prefixes, as in PyTorch, so a state
 dict from PyTorch maps onto halo_ref key for key. There is no autograd tape: each module's
 `backward` is written by hand and undoes its own `forward` using what `forward` cached.
+
+Buffers are state that is not trained (BatchNorm's running statistics): they are in
+`state_dict` (so PyTorch state dicts load key for key) but not in `params`, so an optimiser that
+walks `params` and `grads` never touches them.
 """
 
 from __future__ import annotations
@@ -22,12 +26,18 @@ class Module:
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray] = {}
         self._children: dict[str, Module] = {}
+        self._buffers: dict[str, np.ndarray] = {}
         self.training = True
 
     # -- structure ---------------------------------------------------------------------------
     def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
         """Register `value` as the parameter `name` (a dotted name is allowed)."""
         self._params[name] = value
+        return value
+
+    def add_buffer(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Register `value` as the buffer `name`: saved in state_dict, never trained."""
+        self._buffers[name] = value
         return value
 
     def add_child(self, name: str, module: Module) -> Module:
@@ -45,6 +55,15 @@ class Module:
     def params(self) -> dict[str, np.ndarray]:
         """All parameters, keyed by dotted name (the arrays themselves, not copies)."""
         return dict(self._named("_params"))
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """All buffers (running statistics), keyed by dotted name (the arrays themselves)."""
+        return dict(self._named("_buffers"))
+
+    def children(self) -> dict[str, Module]:
+        """The direct children, by name."""
+        return dict(self._children)
 
     @property
     def grads(self) -> dict[str, np.ndarray]:
@@ -80,17 +99,18 @@ class Module:
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of all parameters (and buffers), keyed by dotted name."""
-        return {k: v.copy() for k, v in self.params.items()}
+        """Copies of all parameters and buffers, keyed by dotted name."""
+        return {k: v.copy() for k, v in {**self.params, **self.buffers}.items()}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Copy `state` into the parameters, strictly.
 
         Values may be anything `np.asarray` converts (NumPy arrays, lists, CPU torch tensors).
-        Every key must be present with the right shape and finite values, and no extra key is
-        allowed; on any error nothing is modified. Values are cast to each parameter's dtype.
+        Every key (parameters and buffers) must be present with the right shape and finite
+        values, and no extra key is allowed; on any error nothing is modified. Values are cast
+        to each parameter's or buffer's dtype.
         """
-        own = self.params
+        own = {**self.params, **self.buffers}
         name = type(self).__name__
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

@@ -1,0 +1,368 @@
+"""Layers as modules: each wraps one forward/backward pair of `halo_ref.layers` and its weights.
+
+A module's `forward` calls the functional forward and keeps the cache; its `backward` calls the
+functional backward, stores the parameter gradients in `self._grads` and returns the gradient
+for its input. `Sequential` chains modules forward and walks them in reverse on the way back,
+which is the whole of backpropagation for a network without branches; a residual block (see
+`halo_ref.models.halonet`) adds the two gradients where its two branches met.
+
+Parameter and buffer names and layouts are PyTorch's (`weight`, `bias`, `running_mean`,
+`running_var`, `num_batches_tracked`), so state dicts move between the two unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import layers as L
+from ._checks import HaloRefError, check_positive_int, float_dtype
+from .init import as_generator, trunc_normal, uniform_fan_in
+from .module import Module
+
+
+def _check_input(x, owner, channels, dtype, ndim=4):
+    """Cheap checks (type, rank, channels, dtype) done by every layer before any NumPy call."""
+    if not isinstance(x, np.ndarray):
+        raise HaloRefError(f"{owner}: input must be a NumPy array, got {type(x).__name__}")
+    if x.ndim != ndim:
+        layout = "(B, C, H, W)" if ndim == 4 else "(B, features)"
+        raise HaloRefError(f"{owner}: input must be {ndim}-D {layout}, got shape {x.shape}")
+    if channels is not None and x.shape[1] != channels:
+        raise HaloRefError(
+            f"{owner}: input has {x.shape[1]} channels (axis 1 of shape {x.shape}), expected "
+            f"{channels}"
+        )
+    if x.dtype != dtype:
+        raise HaloRefError(
+            f"{owner}: input has dtype {x.dtype} but the layer is {dtype}; cast with "
+            f"x.astype(np.{dtype})"
+        )
+
+
+class _Stateless(Module):
+    """A layer without parameters around a functional pair."""
+
+    def _check_cache(self):
+        if getattr(self, "_cache", None) is None:
+            raise HaloRefError(f"{type(self).__name__}.backward: call forward before backward")
+
+
+class Conv2d(_Stateless):
+    """Convolution with PyTorch's `Conv2d` weights: `weight` (O, C, k, k), `bias` (O,).
+
+    x: (B, C, H, W) -> (B, O, Ho, Wo), Ho = (H + 2*padding - k) // stride + 1.
+    Initialised like timm's ResNets: weight ~ N(0, 2 / fan_out) (He, for ReLU-like layers).
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        *,
+        stride=1,
+        padding=0,
+        bias=True,
+        dtype=np.float32,
+        rng=None,
+    ):
+        super().__init__()
+        C = check_positive_int(in_channels, "in_channels")
+        O = check_positive_int(out_channels, "out_channels")
+        k = check_positive_int(kernel_size, "kernel_size")
+        self.stride = check_positive_int(stride, "stride")
+        self.padding = check_positive_int(padding, "padding", minimum=0)
+        self.in_channels, self.out_channels, self.kernel_size = C, O, k
+        self.dtype = float_dtype(dtype)
+        rng = as_generator(rng)
+        std = (2.0 / (O * k * k)) ** 0.5
+        self.add_param("weight", trunc_normal(rng, (O, C, k, k), std, self.dtype, a=-1e9, b=1e9))
+        if bias:
+            self.add_param("bias", uniform_fan_in(rng, (O,), C * k * k, self.dtype))
+        self._cache = None
+
+    def __repr__(self):
+        return (
+            f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={'bias' in self._params})"
+        )
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, O, Ho, Wo)."""
+        _check_input(x, "Conv2d", self.in_channels, self.dtype)
+        k, p = self.kernel_size, self.padding
+        if min(x.shape[2:]) + 2 * p < k:
+            raise HaloRefError(
+                f"Conv2d: input {x.shape[2]}x{x.shape[3]} is smaller than the {k}x{k} kernel "
+                f"(padding {p}); use larger images"
+            )
+        out, self._cache = L.conv2d_forward(
+            x, self._params["weight"], self._params.get("bias"), self.stride, p
+        )
+        return out
+
+    def backward(self, dout):
+        """dout: (B, O, Ho, Wo) -> dx (B, C, H, W); fills grads `weight` (and `bias`)."""
+        self._check_cache()
+        dx, dw, db = L.conv2d_backward(dout, self._cache)
+        self._grads = {"weight": dw} if db is None else {"weight": dw, "bias": db}
+        return dx
+
+
+class BatchNorm2d(_Stateless):
+    """PyTorch's `BatchNorm2d`: parameters `weight`, `bias`; buffers `running_mean`,
+    `running_var`, `num_batches_tracked`. x: (B, C, H, W) -> (B, C, H, W).
+
+    Training mode normalises with batch statistics and updates the running ones (momentum 0.1,
+    unbiased running variance); evaluation mode uses the running statistics.
+    """
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        C = check_positive_int(num_features, "num_features")
+        self.num_features, self.eps, self.momentum = C, float(eps), float(momentum)
+        self.dtype = float_dtype(dtype)
+        self.add_param("weight", np.ones(C, self.dtype))
+        self.add_param("bias", np.zeros(C, self.dtype))
+        self.add_buffer("running_mean", np.zeros(C, self.dtype))
+        self.add_buffer("running_var", np.ones(C, self.dtype))
+        self.add_buffer("num_batches_tracked", np.zeros((), np.int64))
+        self._cache = None
+
+    def __repr__(self):
+        return f"BatchNorm2d({self.num_features}, eps={self.eps}, momentum={self.momentum})"
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, C, H, W); in training, updates the running statistics."""
+        _check_input(x, "BatchNorm2d", self.num_features, self.dtype)
+        p, b = self._params, self._buffers
+        out, self._cache = L.batchnorm2d_forward(
+            x,
+            p["weight"],
+            p["bias"],
+            b["running_mean"],
+            b["running_var"],
+            training=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+        if self.training:
+            b["num_batches_tracked"] += 1
+        return out
+
+    def backward(self, dout):
+        """dout: (B, C, H, W) -> dx; fills grads `weight`, `bias`."""
+        self._check_cache()
+        dx, dw, db = L.batchnorm2d_backward(dout, self._cache)
+        self._grads = {"weight": dw, "bias": db}
+        return dx
+
+
+class ReLU(_Stateless):
+    """max(x, 0), any shape."""
+
+    def forward(self, x):
+        out, self._cache = L.relu_forward(x)
+        return out
+
+    def backward(self, dout):
+        self._check_cache()
+        return L.relu_backward(dout, self._cache)
+
+
+class SiLU(_Stateless):
+    """x * sigmoid(x), any shape (the activation of the paper's HaloNets)."""
+
+    def forward(self, x):
+        out, self._cache = L.silu_forward(x)
+        return out
+
+    def backward(self, dout):
+        self._check_cache()
+        return L.silu_backward(dout, self._cache)
+
+
+class Identity(_Stateless):
+    """Returns its input; stands in where a configuration has no layer."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+ACTIVATIONS = {"relu": ReLU, "silu": SiLU, "identity": Identity}
+
+
+class MaxPool2d(_Stateless):
+    """k x k max pooling with stride and -inf padding: (B, C, H, W) -> (B, C, Ho, Wo)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size")
+        self.stride = check_positive_int(stride or kernel_size, "stride")
+        self.padding = check_positive_int(padding, "padding", minimum=0)
+        if self.padding > self.kernel_size // 2:
+            raise HaloRefError(
+                f"MaxPool2d: padding={padding} is more than half of kernel_size="
+                f"{self.kernel_size}, so some windows would hold only padding; use padding <= "
+                f"{self.kernel_size // 2}"
+            )
+        self._cache = None
+
+    def __repr__(self):
+        return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+    def forward(self, x):
+        if min(x.shape[2:]) + 2 * self.padding < self.kernel_size:
+            raise HaloRefError(f"MaxPool2d: input {x.shape[2:]} is smaller than the window")
+        out, self._cache = L.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        self._check_cache()
+        return L.maxpool2d_backward(dout, self._cache)
+
+
+class AvgPool2x2(_Stateless):
+    """Non-overlapping 2x2 mean: (B, C, H, W) -> (B, C, H/2, W/2), H and W even."""
+
+    def forward(self, x):
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise HaloRefError(f"AvgPool2x2: H and W must be even, got {x.shape[2:]}")
+        out, self._cache = L.avgpool2x2_forward(x)
+        return out
+
+    def backward(self, dout):
+        self._check_cache()
+        return L.avgpool2x2_backward(dout, self._cache)
+
+
+class GlobalAvgPool(_Stateless):
+    """Mean over H and W: (B, C, H, W) -> (B, C)."""
+
+    def forward(self, x):
+        out, self._cache = L.global_avgpool_forward(x)
+        return out
+
+    def backward(self, dout):
+        self._check_cache()
+        return L.global_avgpool_backward(dout, self._cache)
+
+
+class Linear(_Stateless):
+    """PyTorch's `Linear`: `weight` (O, I), `bias` (O,); x (B, I) -> (B, O).
+
+    Initialised like timm's classifier heads: weight ~ N(0, 0.01^2), bias = 0.
+    """
+
+    def __init__(self, in_features, out_features, *, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.dtype = float_dtype(dtype)
+        rng = as_generator(rng)
+        shape = (self.out_features, self.in_features)
+        self.add_param("weight", trunc_normal(rng, shape, 0.01, self.dtype))
+        if bias:
+            self.add_param("bias", np.zeros(self.out_features, self.dtype))
+        self._cache = None
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}, bias={'bias' in self._params})"
+
+    def forward(self, x):
+        """x: (B, I) -> (B, O)."""
+        _check_input(x, "Linear", self.in_features, self.dtype, ndim=2)
+        out, self._cache = L.linear_forward(x, self._params["weight"], self._params.get("bias"))
+        return out
+
+    def backward(self, dout):
+        """dout: (B, O) -> dx (B, I); fills grads `weight` (and `bias`)."""
+        self._check_cache()
+        dx, dw, db = L.linear_backward(dout, self._cache)
+        self._grads = {"weight": dw} if db is None else {"weight": dw, "bias": db}
+        return dx
+
+
+class Sequential(Module):
+    """Children applied in order; backward walks them in reverse.
+
+    Sequential(a, b, c) names the children "0", "1", "2" as `torch.nn.Sequential` does;
+    Sequential(("conv", a), ("bn", b)) names them explicitly.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            name, m = m if isinstance(m, tuple) else (str(i), m)
+            self.add_child(name, m)
+
+    def __iter__(self):
+        return iter(self._children.values())
+
+    def __len__(self):
+        return len(self._children)
+
+    def __getitem__(self, name):
+        return self._children[str(name)]
+
+    def __getattr__(self, name):
+        # called only when normal lookup fails: lets `block.conv3.bn` reach a named child
+        children = self.__dict__.get("_children", {})
+        if name in children:
+            return children[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or child {name!r}")
+
+    def __repr__(self):
+        inner = "".join(
+            f"\n  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._children.items()
+        )
+        return f"{type(self).__name__}({inner}\n)"
+
+    def forward(self, x):
+        for m in self._children.values():
+            x = m.forward(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(self._children.values()):
+            dout = m.backward(dout)
+        return dout
+
+
+class ConvBnAct(Sequential):
+    """Convolution (no bias) -> BatchNorm2d -> activation; children `conv`, `bn`, `act`.
+
+    The unit every ResNet-like network is built from: the convolution needs no bias because
+    BatchNorm's own bias follows it.
+    """
+
+    def __init__(
+        self, in_ch, out_ch, kernel_size=1, *, stride=1, act="relu", dtype=np.float32, rng=None
+    ):
+        if act not in ACTIVATIONS:
+            raise HaloRefError(f"act={act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
+        conv = Conv2d(
+            in_ch,
+            out_ch,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=False,
+            dtype=dtype,
+            rng=rng,
+        )
+        super().__init__(
+            ("conv", conv), ("bn", BatchNorm2d(out_ch, dtype=dtype)), ("act", ACTIVATIONS[act]())
+        )
+
+
+class BnAct(Sequential):
+    """BatchNorm2d -> activation; children `bn`, `act` (after a layer that is not a conv)."""
+
+    def __init__(self, channels, *, act="relu", dtype=np.float32):
+        if act not in ACTIVATIONS:
+            raise HaloRefError(f"act={act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
+        super().__init__(("bn", BatchNorm2d(channels, dtype=dtype)), ("act", ACTIVATIONS[act]()))
