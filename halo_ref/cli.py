@@ -13,7 +13,7 @@ import sys
 from ._checks import HaloRefError
 
 # modules under halo_ref/commands, one per sub-command
-COMMANDS = ["demo", "vectors", "verify", "params"]
+COMMANDS = ["demo", "vectors", "verify", "train", "evaluate", "params"]
 
 
 def build_parser() -> argparse.ArgumentParser:

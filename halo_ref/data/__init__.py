@@ -1,0 +1,94 @@
+"""Datasets for training: the bundled UCI digits, CIFAR-10, and the user's own `.npz` files.
+
+Every loader returns a `Dataset`: uint8 images (N, H, W, C) and integer labels (N,) for a train
+and a test split. Turning images into normalised float batches, and augmenting them, is the job
+of `halo_ref.data.augment`; keeping the raw uint8 images here keeps datasets small in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from .._checks import HaloRefError
+
+DATASETS_HELP = "digits (bundled, no network), cifar10, or npz:PATH"
+
+
+@dataclass
+class Dataset:
+    """A labelled train/test split of uint8 images.
+
+    x_train: (N, H, W, C) uint8; y_train: (N,) int64 in [0, num_classes); likewise for the test
+    split. `crop_pad` and `flip` are the augmentation that suits the data (digits must not be
+    mirrored; photographs may).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    crop_pad: int = 0
+    flip: bool = False
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image."""
+        return tuple(self.x_train.shape[1:])
+
+
+def load_digits() -> Dataset:
+    """The bundled UCI optical handwritten digits: 1,438 train and 359 test 8x8 images, 10 classes.
+
+    Pixel values are the original counts 0..16 (see halo_ref/data/README.md for the source,
+    licence and how the fixed, stratified split was made).
+    """
+    ref = resources.files("halo_ref.data").joinpath("digits.npz")
+    with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    return Dataset(
+        name="digits",
+        x_train=arrays["x_train"][..., None],  # N, 8, 8, 1
+        y_train=arrays["y_train"].astype(np.int64),
+        x_test=arrays["x_test"][..., None],
+        y_test=arrays["y_test"].astype(np.int64),
+        num_classes=10,
+        crop_pad=1,  # a one-pixel shift is a plausible pen position; a mirrored digit is not
+        flip=False,
+        class_names=[str(k) for k in range(10)],
+    )
+
+
+def default_data_dir() -> str:
+    """The per-user cache folder for downloaded data: $HALO_REF_DATA, else ~/.cache/halo_ref."""
+    env = os.environ.get("HALO_REF_DATA")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "halo_ref")
+
+
+def load_dataset(spec: str, *, data_dir: str | None = None, download: bool = False) -> Dataset:
+    """Load a dataset by its command-line name: "digits", "cifar10" or "npz:PATH"."""
+    if not isinstance(spec, str) or not spec:
+        raise HaloRefError(f"--dataset must be one of {DATASETS_HELP}; got {spec!r}")
+    if spec == "digits":
+        return load_digits()
+    if spec == "cifar10":
+        from .cifar10 import load_cifar10
+
+        return load_cifar10(data_dir or default_data_dir(), download=download)
+    if spec.startswith("npz:"):
+        from .npz import load_npz
+
+        return load_npz(spec[4:])
+    raise HaloRefError(f"--dataset {spec!r} is not known; use {DATASETS_HELP}")
+
+
+__all__ = ["DATASETS_HELP", "Dataset", "default_data_dir", "load_dataset", "load_digits"]

@@ -1,0 +1,274 @@
+"""The training loop, checkpoints and resume, with a small stand-in model.
+
+The stand-in (a two-layer perceptron) makes these tests independent of the HaloNet models and
+fast: what is tested here is the loop's bookkeeping, whatever the model. Its own backward is
+checked against finite differences first, since every later test trusts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from halo_ref import HaloRefError
+from halo_ref.module import Module
+from halo_ref.testing import check_layer_gradients
+from halo_ref.train import (
+    TrainConfig,
+    TrainingDiverged,
+    evaluate_checkpoint,
+    load_checkpoint,
+    train,
+)
+
+
+class StandIn(Module):
+    """Flatten -> linear -> tanh -> linear: logits (B, K) from images (B, C, H, W)."""
+
+    def __init__(self, n_in, num_classes, *, hidden=16, dtype=np.float32, rng=0, multiple=1):
+        super().__init__()
+        rng = np.random.default_rng(rng)
+        self.add_param(
+            "fc1.weight", (rng.standard_normal((hidden, n_in)) / n_in**0.5).astype(dtype)
+        )
+        self.add_param("fc1.bias", np.zeros(hidden, dtype))
+        self.add_param("fc2.weight", (rng.standard_normal((num_classes, hidden)) / 4).astype(dtype))
+        self.add_param("fc2.bias", np.zeros(num_classes, dtype))
+        self.input_multiple = multiple
+
+    def forward(self, x):
+        p = self._params
+        self._shape = x.shape
+        self._x = x.reshape(len(x), -1)  # B, C*H*W
+        self._h = np.tanh(self._x @ p["fc1.weight"].T + p["fc1.bias"])  # B, hidden
+        return self._h @ p["fc2.weight"].T + p["fc2.bias"]
+
+    def backward(self, dout):
+        p, g = self._params, self._grads
+        g["fc2.weight"] = dout.T @ self._h
+        g["fc2.bias"] = dout.sum(axis=0)
+        dpre = (dout @ p["fc2.weight"]) * (1 - self._h**2)  # tanh' = 1 - tanh^2
+        g["fc1.weight"] = dpre.T @ self._x
+        g["fc1.bias"] = dpre.sum(axis=0)
+        return (dpre @ p["fc1.weight"]).reshape(self._shape)
+
+
+def standin_factory(name, *, num_classes, in_chans, dtype, rng, multiple=1, image=8):
+    return StandIn(in_chans * (-(-image // multiple) * multiple) ** 2, num_classes, dtype=dtype,
+                   rng=rng, multiple=multiple)  # fmt: skip
+
+
+class Sabotage:
+    """Wraps a factory: the model's forward raises or returns NaN at a given call."""
+
+    def __init__(self, at_call, action, base=standin_factory):
+        self.at_call, self.action, self.calls, self.base = at_call, action, 0, base
+
+    def __call__(self, *args, **kwargs):
+        model = self.base(*args, **kwargs)
+        forward = model.forward
+
+        def sabotaged(x):
+            if model.training:
+                self.calls += 1
+                if self.calls == self.at_call:
+                    if self.action == "nan":
+                        return np.full((len(x), 10), np.nan, np.float32)
+                    raise KeyboardInterrupt  # stands for a kill: nothing after this runs
+            return forward(x)
+
+        model.forward = sabotaged
+        return model
+
+
+def config(out, **kw):
+    base = dict(dataset="digits", epochs=3, batch_size=64, lr=1e-2, out=str(out), threads=None,
+                checkpoint_every=5, crop_pad=0)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def run(out, factory=standin_factory, **kw):
+    return train(config(out, **kw), model_factory=factory, progress=False, log=lambda s: None)
+
+
+def test_standin_backward_matches_finite_differences():
+    model = StandIn(12, 5, dtype=np.float64, rng=1)
+    x = np.random.default_rng(2).standard_normal((3, 3, 2, 2))
+    check_layer_gradients(model, x, rng=3)  # raises on a mismatch (rtol 1e-7, see testing.py)
+
+
+def test_training_learns_and_writes_every_file(tmp_path):
+    summary = run(tmp_path)
+    # a 2-layer perceptron reaches ~89% on the digits in 3 epochs; 85% is far above chance (10%)
+    assert summary["test_accuracy"] > 0.85
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 3 * 23
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["model"] == "micro" and summary["images_per_second_median"] > 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _, _, meta, _ = load_checkpoint(str(tmp_path / "best.npz"))
+    assert meta["best_acc"] == max(r["test_acc"] for r in rows)
+    _, _, meta, _ = load_checkpoint(str(tmp_path / "checkpoint.npz"))
+    assert (meta["epoch"], meta["step"], meta["batch"]) == (3, 69, 0)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    result = evaluate_checkpoint(str(tmp_path / "checkpoint.npz"), model_factory=standin_factory)
+    assert result["test_accuracy"] == rows[-1]["test_acc"]  # same model, same data: exact
+
+
+def _params(path):
+    return load_checkpoint(str(path))[0]
+
+
+@pytest.mark.parametrize("interrupt_at", [30, 46, 69])  # mid-epoch, first step of epoch 3, last
+def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, interrupt_at):
+    run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", factory=Sabotage(interrupt_at, "interrupt"))
+    summary = run(tmp_path / "cut", resume=True)
+    whole, cut = (
+        _params(tmp_path / "whole/checkpoint.npz"),
+        _params(tmp_path / "cut/checkpoint.npz"),
+    )
+    assert whole.keys() == cut.keys()
+    for k in whole:
+        assert np.array_equal(whole[k], cut[k]), k  # bit-identical, not merely close
+    rows = [json.loads(s) for s in (tmp_path / "cut/metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(s) for s in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, ref, strict=True):
+        assert (a["train_loss"], a["test_acc"]) == (b["train_loss"], b["test_acc"])
+    assert summary["test_accuracy"] == ref[-1]["test_acc"]
+
+
+def test_a_finished_run_resumes_to_the_same_summary(tmp_path):
+    first = run(tmp_path, epochs=1)
+    again = run(tmp_path, epochs=1, resume=True)
+    assert again["test_accuracy"] == first["test_accuracy"] and again["steps"] == first["steps"]
+
+
+def test_existing_run_is_never_overwritten_or_silently_restarted(tmp_path):
+    run(tmp_path, epochs=1)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(HaloRefError, match="already holds a run.*--resume.*another --out"):
+        run(tmp_path, epochs=1)
+    with pytest.raises(HaloRefError, match=r"--resume: lr=0.5 \(checkpoint: 0.01\).*drop these"):
+        run(tmp_path, epochs=1, lr=0.5, resume=True)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "foreign", "garbage"])
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path, damage):
+    run(tmp_path, epochs=1)
+    path = tmp_path / "checkpoint.npz"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-300])
+    elif damage == "foreign":
+        np.savez(path, weights=np.zeros(3))
+    else:
+        path.write_bytes(b"not a checkpoint at all")
+    message = {
+        "truncate": "not a readable checkpoint",
+        "foreign": "an .npz file but not a halo_ref checkpoint",
+        "garbage": "is not an .npz file; pass a checkpoint.npz or best.npz",
+    }[damage]
+    with pytest.raises(HaloRefError, match=message) as info:
+        run(tmp_path, epochs=1, resume=True)  # the run must stop, not start from scratch
+    assert "\n" not in str(info.value)
+    with pytest.raises(HaloRefError, match=message):
+        evaluate_checkpoint(str(path), model_factory=standin_factory)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    # call 33 is step 32 (0-based): epoch 2, batch 10; the last save was at step 30 (every 5)
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is nan at step 32 \(epoch 2, batch 10\)"
+    ) as e:
+        run(tmp_path, factory=Sabotage(33, "nan"))
+    assert "last good checkpoint is" in str(e.value) and "(epoch 1, step 30)" in str(e.value)
+    params = _params(tmp_path / "checkpoint.npz")
+    assert all(np.isfinite(v).all() for v in params.values())
+    with pytest.raises(TrainingDiverged, match="at step 2 .*no checkpoint was written yet"):
+        run(tmp_path / "early", factory=Sabotage(3, "nan"))
+
+
+def test_images_the_model_cannot_block_are_padded_with_a_notice(tmp_path):
+    lines = []
+
+    def factory(*args, **kwargs):
+        return standin_factory(*args, multiple=3, **kwargs)
+
+    train(config(tmp_path, epochs=1), model_factory=factory, progress=False, log=lines.append)
+    assert any("8x8 images are zero-padded to 9x9" in s for s in lines)
+
+
+def test_sgd_with_nesterov_and_label_smoothing_also_train(tmp_path):
+    summary = run(tmp_path, optimizer="nesterov", lr=0.05, label_smoothing=0.1, epochs=2)
+    assert summary["test_accuracy"] > 0.8  # same margin as above: chance is 0.1
+
+
+def test_resume_is_bit_identical_with_the_micro_halonet_too(tmp_path):
+    # the HaloNet has BatchNorm running statistics (buffers): they must survive a resume too
+    pytest.importorskip("halo_ref.models")
+    from halo_ref.data import load_digits
+    from halo_ref.train import default_model_factory
+
+    d = load_digits()
+    d.x_train, d.y_train, d.x_test, d.y_test = (
+        d.x_train[:192],
+        d.y_train[:192],
+        d.x_test[:64],
+        d.y_test[:64],
+    )
+
+    def go(out, factory, **kw):
+        cfg = config(out, epochs=2, batch_size=32, lr=2e-3, checkpoint_every=4, **kw)
+        return train(cfg, model_factory=factory, dataset=d, progress=False, log=lambda s: None)
+
+    go(tmp_path / "whole", default_model_factory)
+    with pytest.raises(KeyboardInterrupt):
+        go(
+            tmp_path / "cut", Sabotage(7, "interrupt", base=default_model_factory)
+        )  # step 6 of 12: mid-epoch, after a save at 4
+    go(tmp_path / "cut", default_model_factory, resume=True)
+    whole, cut = (
+        _params(tmp_path / "whole/checkpoint.npz"),
+        _params(tmp_path / "cut/checkpoint.npz"),
+    )
+    assert any("running_mean" in k for k in whole)
+    for k in whole:
+        assert np.array_equal(whole[k], cut[k]), k
+
+
+def test_temporary_files_of_a_killed_run_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / ".checkpoint.npz.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".notes.tmp").write_text("the user's own file")
+    run(tmp_path, epochs=1, resume=True)
+    assert not (tmp_path / ".checkpoint.npz.x1y2.tmp").exists()
+    assert (tmp_path / ".notes.tmp").read_text() == "the user's own file"
+
+
+def test_non_finite_gradient_also_stops_the_run(tmp_path):
+    def factory(*args, **kwargs):
+        model = standin_factory(*args, **kwargs)
+        backward, calls = model.backward, []
+
+        def poisoned(dout):
+            calls.append(1)
+            dx = backward(dout)
+            if len(calls) == 8:  # step 7: the loss is finite, one gradient entry is not
+                model._grads["fc1.weight"][0, 0] = np.inf
+            return dx
+
+        model.backward = poisoned
+        return model
+
+    with pytest.raises(
+        TrainingDiverged, match=r"gradient norm is inf at step 7 \(epoch 1, batch 8\)"
+    ):
+        run(tmp_path, factory=factory)
+    _, _, meta, _ = load_checkpoint(str(tmp_path / "checkpoint.npz"))
+    assert meta["step"] == 5  # the save before the bad step; the bad update was never applied
