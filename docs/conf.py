@@ -1,0 +1,185 @@
+"""Sphinx configuration for the halo_ref documentation.
+
+Build (from the repository root; -W turns every warning into an error, as in CI):
+
+    pip install -e ".[docs]"
+    sphinx-build -W --keep-going -b html docs docs/_build/html
+
+The tutorials in tutorials/ are executed by sphinx-gallery in quick mode
+(HALO_REF_TUTORIAL_QUICK=1, the same setting the test suite uses), so the build takes a minute
+or two. The CLI and API reference pages are generated from the code at build time by the two
+small directives defined at the end of this file, so they cannot fall out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# set before any tutorial runs: tiny sizes, headless figures, stable argparse help width
+os.environ.setdefault("HALO_REF_TUTORIAL_QUICK", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["COLUMNS"] = "90"
+
+import halo_ref  # noqa: E402
+
+project = "halo_ref"
+author = "halo_ref contributors"
+copyright = "halo_ref contributors, MIT licence"
+release = version = halo_ref.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "myst_parser",
+    "sphinx_gallery.gen_gallery",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build", "auto_tutorials/*.ipynb", "auto_tutorials/*.py"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+myst_heading_anchors = 3
+# `name` in docstrings links to the object when it exists and is plain code otherwise
+default_role = "py:obj"
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+# ignore-module-all: a package re-exporting a function under __all__ must not document it twice
+autodoc_default_options = {"members": True, "ignore-module-all": True}
+
+html_theme = "furo"
+html_title = f"halo_ref {release}"
+html_theme_options = {"navigation_with_keys": True}
+pygments_style = "friendly"
+pygments_dark_style = "monokai"
+
+sphinx_gallery_conf = {
+    "examples_dirs": "../tutorials",
+    "gallery_dirs": "auto_tutorials",
+    "filename_pattern": r"\.py$",  # execute every tutorial, not only plot_*.py
+    # a notebook-style script without a sphinx-gallery header, needing PyTorch: shown on its own
+    # page (verify_tutorial.md) instead of being executed here
+    "ignore_pattern": r"__init__\.py|verify_broken_implementations\.py",
+    "within_subsection_order": "FileNameSortKey",  # 01_ ... 07_, then the rest
+    "abort_on_example_error": True,
+    "write_computation_times": False,  # no sg_execution_times.rst in the source tree
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "image_scrapers": ("matplotlib",),
+    "reset_modules": ("matplotlib",),
+}
+
+# Pages written alongside other issues; left out of the toctree (instead of a broken link) until
+# they exist, see `_prune_missing` below.
+OPTIONAL_PAGES = ("models", "verification")
+
+
+# -- generated reference pages -----------------------------------------------------------------
+from docutils import nodes  # noqa: E402
+from docutils.parsers.rst import Directive  # noqa: E402
+from docutils.statemachine import StringList  # noqa: E402
+
+# API page: modules grouped by concept; any module not listed lands in "Other modules".
+API_GROUPS = [
+    ("Halo attention", ["halo_ref.attention", "halo_ref.blocking", "halo_ref.relpos",
+                        "halo_ref.attention_numba"]),
+    ("Oracles and checks", ["halo_ref.reference", "halo_ref.testing", "halo_ref.verify",
+                            "halo_ref.vectors", "halo_ref.timm_compat"]),
+    ("Building blocks", ["halo_ref.module", "halo_ref.layers", "halo_ref.nn", "halo_ref.init"]),
+    ("Models, data and training", ["halo_ref.models", "halo_ref.models.halonet", "halo_ref.data",
+                                   "halo_ref.data.augment", "halo_ref.data.cifar10",
+                                   "halo_ref.data.npz", "halo_ref.optim", "halo_ref.train"]),
+    ("Pictures", ["halo_ref.viz"]),
+    ("Command line", ["halo_ref.cli"]),
+]  # fmt: skip
+
+
+def _public_modules() -> list[str]:
+    """Every importable public module of halo_ref (no _private parts, no CLI sub-commands)."""
+    found = []
+    for info in pkgutil.walk_packages(halo_ref.__path__, "halo_ref."):
+        parts = info.name.split(".")
+        if any(p.startswith("_") for p in parts) or parts[1] == "commands":
+            continue
+        found.append(info.name)
+    return sorted(found)
+
+
+class ApiReference(Directive):
+    """`.. halo-ref-api::` -- one section per module with its autodoc'd members."""
+
+    def run(self):
+        present = set(_public_modules())
+        listed = {m for _, mods in API_GROUPS for m in mods}
+        groups = [(t, [m for m in mods if m in present]) for t, mods in API_GROUPS]
+        groups.append(("Other modules", sorted(present - listed)))
+        lines = []
+        for title, mods in groups:
+            if not mods:
+                continue
+            lines += [title, "-" * len(title), ""]
+            for mod in mods:
+                lines += [f"``{mod}``", "~" * (len(mod) + 4), "", f".. automodule:: {mod}", ""]
+        self.state_machine.insert_input(
+            StringList(lines, source="<halo-ref-api>"), "<halo-ref-api>"
+        )
+        return []
+
+
+class CliReference(Directive):
+    """`.. halo-ref-cli::` -- the help text of `halo-ref` and of every sub-command."""
+
+    def run(self):
+        from halo_ref.cli import build_parser
+
+        parser = build_parser()
+        parser.prog = "halo-ref"
+        out = [nodes.literal_block(text=parser.format_help().rstrip())]
+        subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, sub in subs.choices.items():
+            section = nodes.section(ids=[f"cli-{name}"], names=[f"halo-ref {name}"])
+            section += nodes.title(text=f"halo-ref {name}")
+            section += nodes.literal_block(text=sub.format_help().rstrip())
+            out.append(section)
+        return out
+
+
+_CODE_SPAN = re.compile(r"(``.+?``|`[^`]+`)")
+
+
+def _plain_docstring(app, what, name, obj, options, lines):
+    """Docstrings here are plain text, not reStructuredText: escape the characters that RST
+    would read as markup outside code spans (|x| is an absolute value, not a substitution;
+    ** is a power, not bold; a trailing underscore is a name, not a link)."""
+    for i, line in enumerate(lines):
+        parts = _CODE_SPAN.split(line)
+        for k in range(0, len(parts), 2):  # even parts are outside code spans
+            part = parts[k].replace("\\", "\\\\").replace("*", "\\*").replace("|", "\\|")
+            parts[k] = re.sub(r"(\w)_\b", r"\1\\_", part)
+        lines[i] = "".join(parts)
+
+
+def _prune_missing(app, docname, source):
+    """Drop toctree entries of optional pages that do not exist (yet)."""
+    if docname != "index":
+        return
+    srcdir = Path(app.srcdir)
+    for page in OPTIONAL_PAGES:
+        if not any((srcdir / f"{page}{ext}").exists() for ext in (".md", ".rst")):
+            source[0] = "\n".join(line for line in source[0].splitlines() if line.strip() != page)
+
+
+def setup(app):
+    app.add_directive("halo-ref-api", ApiReference)
+    app.add_directive("halo-ref-cli", CliReference)
+    app.connect("source-read", _prune_missing)
+    app.connect("autodoc-process-docstring", _plain_docstring)
+    # import every public module once now: an import error is reported here, in one line
+    for mod in _public_modules():
+        importlib.import_module(mod)
