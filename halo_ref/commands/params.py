@@ -1,0 +1,83 @@
+"""`halo-ref params`: the paper's H0-H7 table with halo_ref's parameter counts beside it."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "params",
+        help="print the H0-H7 table (paper, table 2) with halo_ref's parameter counts",
+        description="Builds each of the paper's HaloNets H0-H7 with 1000 classes and prints the "
+        "paper's configuration and parameter count beside halo_ref's count. Also lists the small "
+        "models ('micro', 'tiny'). See docs/models.md for the choices behind the counts.",
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated subset, e.g. h0,h1 (default: all of h0..h7, micro, tiny)",
+    )
+    p.add_argument(
+        "--markdown", action="store_true", help="print a Markdown table (as in docs/models.md)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .._checks import check_choice
+    from ..models import CONFIGS, NAMES, PAPER_TABLE, count_params, halonet
+
+    names = (
+        args.models.split(",") if args.models else [r[0] for r in PAPER_TABLE] + ["micro", "tiny"]
+    )
+    for n in names:
+        check_choice(n, "--models entry", NAMES)
+    paper = {r[0]: r for r in PAPER_TABLE}
+    head = [
+        "model",
+        "b",
+        "h",
+        "rv",
+        "rb",
+        "l3",
+        "df",
+        "image",
+        "paper",
+        "halo_ref",
+        "diff",
+        "top-1",
+    ]
+    rows = []
+    for n in names:
+        cfg = CONFIGS[n]
+        classes = 1000 if n in paper else 10
+        count = count_params(halonet(n, num_classes=classes))
+        if n in paper:
+            _, b, h, rv, rb, l3, df, image, params, top1 = paper[n]
+            diff = f"{100 * (count / (params * 1e6) - 1):+.1f}%"
+            rows.append(
+                [n.upper(), b, h, rv, rb, l3, df or "-", image, f"{params}M", f"{count / 1e6:.2f}M"]
+                + [diff, top1]
+            )
+        else:
+            depths = "/".join(str(s.depth) for s in cfg.stages)
+            rows.append(
+                [n, "-", "-", "-", "-", depths, "-", cfg.image_size, "-", f"{count / 1e6:.3f}M"]
+                + ["-", "-"]
+            )
+    rows = [[str(c) for c in r] for r in rows]
+    if args.markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
+        for r in rows:
+            print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    print(
+        "\nparams: trainable scalars with a 1000-class head (10 for micro/tiny); paper: table 2 "
+        "of arXiv 2103.12731; diff: halo_ref relative to the paper's rounded count. For micro "
+        "and tiny the l3 column holds the stage depths."
+    )
+    return 0
