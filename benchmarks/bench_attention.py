@@ -320,6 +320,7 @@ def plot_scaling(rows, path: Path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name in sorted({r["backend"] for r in rows}):
@@ -327,8 +328,12 @@ def plot_scaling(rows, path: Path):
         px = [r["pixels"] for r in rs]
         axes[0].loglog(px, [r["ms"] for r in rs], "o-", label=name)
         axes[1].loglog(px, [r["peak_mb"] for r in rs], "o-", label=name)
+    sizes = sorted({r["pixels"] for r in rows})
     for ax, unit in zip(axes, ("forward + backward (ms)", "forward peak memory (MB)"), strict=True):
-        ax.set_xlabel("H * W (pixels)")
+        # one labelled tick per measured map: log axes' default minor labels overlap here
+        ax.set_xticks(sizes, [f"{round(p**0.5)}x{round(p**0.5)}" for p in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("feature map H x W (log scale of H*W)")
         ax.set_ylabel(unit)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()

@@ -36,12 +36,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny", help="model name for the step benchmark")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2, help="Numba and torch threads (and BLAS)")
+    p.add_argument("--threads", type=int, default=2, help="Numba and torch threads")
     p.add_argument(
         "--blas-threads",
         type=int,
-        default=None,
-        help="OpenBLAS threads if not --threads: 1 avoids BLAS threads nested in Numba's",
+        default=1,
+        help="OpenBLAS (NumPy) threads; default 1, as `halo-ref train` runs: halo_ref "
+        "parallelises in Numba's threads, and BLAS threads nested in them oversubscribe the cores",
     )
     p.add_argument(
         "--repeats", type=int, default=None, help="timed runs, median reported (7; family: 5)"

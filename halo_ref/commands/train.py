@@ -34,7 +34,11 @@ def register(sub) -> None:
         "--clip-grad", type=float, default=5.0, help="max global gradient norm, 0: off (default 5)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
-    p.add_argument("--threads", type=int, help="threads for the Numba kernels (default: all)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="threads for the Numba kernels (default: all cores); BLAS runs single-threaded inside them",
+    )
     p.add_argument(
         "--dtype", choices=("float32", "float64"), default="float32", help="default float32"
     )
