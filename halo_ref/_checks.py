@@ -6,6 +6,9 @@ with an unhelpful traceback. Each message names the argument, what was wrong, an
 
 from __future__ import annotations
 
+import os
+import zipfile
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -96,3 +99,23 @@ def check_spatial(H: int, W: int, *, block_size: int, stride: int, owner: str) -
                 f"{owner}: {axis}={n} is not a multiple of stride={stride}; pad or crop it to "
                 f"{n + stride - n % stride}"
             )
+
+
+def read_npz(path: str, *, missing: str, not_npz: str, unreadable: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz file at `path`, read with allow_pickle=False.
+
+    Each way the file can be unusable is a one-line HaloRefError with the caller's wording:
+    `missing` (no file), `not_npz` (not a zip archive at all), `unreadable` (truncated, corrupt,
+    or holding pickled objects), in which `{error}` becomes the first line of the cause.
+    """
+    if not os.path.isfile(path):
+        raise HaloRefError(missing)
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise HaloRefError(not_npz)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise HaloRefError(unreadable.replace("{error}", first)) from None

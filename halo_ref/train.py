@@ -26,12 +26,11 @@ import math
 import os
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import HaloRefError
+from ._checks import HaloRefError, read_npz
 from .data import Dataset, load_dataset
 from .data.augment import augment, channel_stats, normalise, pad_to_multiple
 from .optim import clip_grad_norm, cosine_lr, make_optimizer
@@ -203,27 +202,14 @@ def load_checkpoint(path: str) -> tuple[dict, dict, dict, np.ndarray]:
 
     A missing, truncated or foreign file raises a one-line HaloRefError naming the file.
     """
-    if not os.path.isfile(path):
-        raise HaloRefError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
-            raise HaloRefError(
-                f"{path} is not an .npz file; pass a checkpoint.npz or best.npz written by "
-                "halo-ref train"
-            )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise HaloRefError(f"{path} is a single .npy array, not a halo_ref checkpoint")
-            arrays = {k: z[k] for k in z.files}
-    except HaloRefError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise HaloRefError(
-            f"{path} is not a readable checkpoint (truncated or not an .npz: {first}); "
-            "use another checkpoint (best.npz?) or start a new run with another --out"
-        ) from None
+    arrays = read_npz(
+        path,
+        missing=f"checkpoint {path} does not exist",
+        not_npz=f"{path} is not an .npz file; pass a checkpoint.npz or best.npz written by "
+        "halo-ref train",
+        unreadable=f"{path} is not a readable checkpoint (truncated or not an .npz: {{error}}); "
+        "use another checkpoint (best.npz?) or start a new run with another --out",
+    )
     meta_arr = arrays.pop("meta", None)
     try:
         meta = json.loads(str(meta_arr[()])) if meta_arr is not None else None

@@ -8,11 +8,10 @@ problem is reported in one line naming the key and the fix, before any training 
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
-from .._checks import HaloRefError
+from .._checks import HaloRefError, read_npz
 from . import Dataset
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -55,35 +54,20 @@ def _check_labels(y: np.ndarray, key: str, n: int, where: str) -> np.ndarray:
 def load_npz(path: str) -> Dataset:
     """Load and validate a user dataset (see the module docstring for the format)."""
     where = f"--dataset npz:{path}"
-    if not os.path.isfile(path):
-        raise HaloRefError(f"{where}: no such file")
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
-            raise HaloRefError(
-                f"{where}: not an .npz file; save one with np.savez(path, x_train=..., "
-                "y_train=..., x_test=..., y_test=...)"
-            )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise HaloRefError(
-                    f"{where}: this is a single .npy array; save the four arrays "
-                    "with np.savez(path, x_train=..., y_train=..., x_test=..., "
-                    "y_test=...)"
-                )
-            missing = [k for k in REQUIRED if k not in z.files]
-            if missing:
-                raise HaloRefError(
-                    f"{where}: missing key(s) {missing} (found {sorted(z.files)}); save with "
-                    "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
-                )
-            arrays = {k: z[k] for k in REQUIRED}
-            num_classes = int(z["num_classes"]) if "num_classes" in z.files else None
-    except HaloRefError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise HaloRefError(f"{where}: cannot read it as an .npz file ({first})") from exc
+    save = "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+    found = read_npz(
+        path,
+        missing=f"{where}: no such file",
+        not_npz=f"{where}: not an .npz file; save one with {save}",
+        unreadable=f"{where}: cannot read it as an .npz file ({{error}})",
+    )
+    missing = [k for k in REQUIRED if k not in found]
+    if missing:
+        raise HaloRefError(
+            f"{where}: missing key(s) {missing} (found {sorted(found)}); save with {save}"
+        )
+    arrays = {k: found[k] for k in REQUIRED}
+    num_classes = int(found["num_classes"]) if "num_classes" in found else None
     x_train = _check_images(arrays["x_train"], "x_train", where)
     x_test = _check_images(arrays["x_test"], "x_test", where)
     if x_train.shape[1:] != x_test.shape[1:]:
