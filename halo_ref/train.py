@@ -24,12 +24,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._atomic import atomic_write
 from ._checks import HaloRefError, read_npz
 from .data import Dataset, load_dataset
 from .data.augment import augment, channel_stats, normalise, pad_to_multiple
@@ -143,33 +143,12 @@ def _set_openblas_threads(n: int) -> bool:
 
 
 # -- atomic files ------------------------------------------------------------------------------
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read the umask once, so that finished files get the usual permissions
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call write(file) on a temporary file next to `path`, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json(path: str, obj) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def _write_jsonl(path: str, rows) -> None:
-    _atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 OUTPUT_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png", "summary.json")
@@ -194,7 +173,7 @@ def save_checkpoint(
     arrays["meta"] = np.array(
         json.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
     )
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path: str) -> tuple[dict, dict, dict, np.ndarray]:

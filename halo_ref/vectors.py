@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_write
 from ._checks import HaloRefError, check_positive_int
 
 FORMAT_VERSION = 1
@@ -405,24 +404,6 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename.
-
-    A reader (or a crash) never sees a half-written file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _describe(arrays: dict[str, np.ndarray]) -> dict:
     return {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}
 
@@ -470,7 +451,7 @@ def write_vectors(out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_G
         for dtype, arrays in _make(config, seed).items():
             data = npz_bytes(arrays)
             filename = f"{config.name}.{dtype}.npz"
-            write_atomic(out / filename, data)
+            atomic_write(out / filename, lambda f, data=data: f.write(data))
             files[dtype] = {
                 "file": filename,
                 "sha256": hashlib.sha256(data).hexdigest(),
@@ -502,7 +483,8 @@ def write_vectors(out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_G
         },
         "vectors": entries,
     }
-    write_atomic(out / MANIFEST, manifest_bytes(manifest))
+    manifest_data = manifest_bytes(manifest)
+    atomic_write(out / MANIFEST, lambda f: f.write(manifest_data))
     return manifest
 
 

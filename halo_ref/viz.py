@@ -13,10 +13,10 @@ accepted too and moved to the last axis for display.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
+from ._atomic import atomic_write
 from ._checks import HaloRefError
 
 # colours used consistently across the tutorials: the query block, its halo window, the query
@@ -381,13 +381,4 @@ def save_figure(fig, path, *, dpi=120):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise HaloRefError(f"save_figure: folder {folder!r} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

@@ -16,6 +16,8 @@ import sys
 
 import numpy as np
 
+from halo_ref._atomic import atomic_write
+
 SEED = 0
 TEST_FRACTION = 0.2
 
@@ -33,15 +35,13 @@ def main(csv_gz: str, out: str | None = None) -> None:
     is_test = np.zeros(len(labels), bool)
     is_test[test_idx] = True
     out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.npz")
-    tmp = out + ".tmp.npz"
-    np.savez_compressed(
-        tmp,
+    splits = dict(
         x_train=images[~is_test],
         y_train=labels[~is_test],
         x_test=images[is_test],
         y_test=labels[is_test],
     )
-    os.replace(tmp, out)
+    atomic_write(out, lambda f: np.savez_compressed(f, **splits))
     print(f"wrote {out}: {(~is_test).sum()} train, {is_test.sum()} test images")
 
 

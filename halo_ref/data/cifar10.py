@@ -22,6 +22,7 @@ import urllib.request
 
 import numpy as np
 
+from .._atomic import atomic_write
 from .._checks import HaloRefError
 from . import Dataset
 
@@ -123,37 +124,34 @@ def download_archive(
     url = url or os.environ.get("HALO_REF_CIFAR10_URL") or URL
     os.makedirs(data_dir, exist_ok=True)
     final = os.path.join(data_dir, ARCHIVE)
-    fd, tmp = tempfile.mkstemp(prefix=f".{ARCHIVE}.", suffix=".part", dir=data_dir)
-    try:
+
+    def fetch(out):
+        # runs inside atomic_write: any error, a wrong checksum included, deletes the partial file
+        try:
+            resp = urllib.request.urlopen(url, timeout=60)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise HaloRefError(
+                f"cannot download CIFAR-10 from {url} ({reason}); you may be offline: "
+                + _by_hand(data_dir)
+            ) from None
         h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                resp = urllib.request.urlopen(url, timeout=60)
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise HaloRefError(
-                    f"cannot download CIFAR-10 from {url} ({reason}); you may be offline: "
-                    + _by_hand(data_dir)
-                ) from None
-            with resp:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(
-                    total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress
-                ) as bar:
-                    for chunk in iter(lambda: resp.read(1 << 16), b""):
-                        out.write(chunk)
-                        h.update(chunk)
-                        bar.update(len(chunk))
+        with resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress
+            ) as bar:
+                for chunk in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
         if h.hexdigest() != md5:
             raise HaloRefError(
                 f"the file downloaded from {url} has MD5 {h.hexdigest()}, expected {md5}; it was "
                 "deleted. Try again later, or " + _by_hand(data_dir)
             )
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(final, fetch, suffix=".part")
     return final
 
 
