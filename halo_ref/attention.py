@@ -343,7 +343,7 @@ class HaloAttention(Module):
         check_spatial(*x.shape[2:], block_size=self.block_size, stride=self.stride, owner=owner)
         p = self._params
         attn_forward, _ = BACKENDS[self.backend]
-        proj_forward, _ = PROJECTIONS.get(self.backend, PROJECTIONS["numpy"])
+        proj_forward, _ = PROJECTIONS[self.backend]
         q_map, q_cache = proj_forward(x, p["q.weight"], p.get("q.bias"), self.query_stride)
         kv_map, kv_cache = proj_forward(x, p["kv.weight"], p.get("kv.bias"))
         rel = p["pos_embed.height_rel"], p["pos_embed.width_rel"]
@@ -373,7 +373,7 @@ class HaloAttention(Module):
         if self.pool:
             dout = avgpool2x2_backward(dout, pool_cache)
         dq_map, dkv_map, dh, dw = attn_backward(dout, attn_cache)
-        _, proj_backward = PROJECTIONS.get(self.backend, PROJECTIONS["numpy"])
+        _, proj_backward = PROJECTIONS[self.backend]
         dx_q, dwq, dbq = proj_backward(dq_map, q_cache)
         dx_kv, dwkv, dbkv = proj_backward(dkv_map, kv_cache)
         g = {
