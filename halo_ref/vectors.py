@@ -247,12 +247,23 @@ class ModelVectorConfig:
         return d
 
 
-# "micro" (about 20k parameters) keeps the file small; every layer kind of the larger models
-# (stem convolution, bottlenecks, strided halo attention, BatchNorm, head) is in it.
+# "micro" (about 20k parameters) is small and has every layer kind of the larger models (stem
+# convolution, bottlenecks, strided halo attention, BatchNorm, head); "tiny" is the CIFAR-10
+# model that `halo-ref train` uses (about 340k parameters, a few MB per file).
 MODEL_GRID = (
     ModelVectorConfig(
         "halonet_micro",
         "the whole 'micro' HaloNet on 8x8 one-channel images: logits, loss and every gradient",
+    ),
+    ModelVectorConfig(
+        "halonet_tiny",
+        "the whole 'tiny' HaloNet (the CIFAR-10 model) on 32x32 RGB images: logits, loss and "
+        "every gradient",
+        model="tiny",
+        in_chans=3,
+        batch=2,
+        height=32,
+        width=32,
     ),
 )
 

@@ -181,14 +181,15 @@ def _config(v):
     return next(c for c in CONFIG_GRID if c.name == v.name)
 
 
-def test_model_vector_gradients_match_finite_differences(vectors64):
+@pytest.mark.parametrize("config", MODEL_GRID, ids=lambda c: c.name)
+def test_model_vector_gradients_match_finite_differences(vectors64, config):
     from halo_ref.vectors import reference_model_result
 
-    (v,) = [v for v in vectors64 if v.kind == "halonet"]
-    config = MODEL_GRID[0]
+    (v,) = [v for v in vectors64 if v.name == config.name]
     x, weights = v.x.copy(), {k: w.copy() for k, w in v.weights.items()}
     params = {k: w for k, w in weights.items() if "running" not in k and "num_batches" not in k}
-    assert np.isfinite(v.expected["loss"]) and v.expected["logits"].shape == (4, 10)
+    assert np.isfinite(v.expected["loss"])
+    assert v.expected["logits"].shape == (config.batch, config.num_classes)
     # every weight gradient must be alive: the BatchNorm scales were redrawn for that reason
     for key in params:
         assert np.abs(v.expected["grad/" + key]).max() > 0, key
@@ -197,8 +198,11 @@ def test_model_vector_gradients_match_finite_differences(vectors64):
         return float(reference_model_result(config, x, v.labels, weights)["loss"])
 
     grads = {"x": v.expected["dx"], **{k: v.expected["grad/" + k] for k in params}}
-    # the loss is a mean over 4 images through BatchNorm: still smooth, same 1e-7 bound
-    check_gradients(loss, {"x": x, **params}, grads, rng=0)
+    # The loss is a mean over the batch through BatchNorm: smooth, but with a batch of 2 through
+    # tiny's deep stages strongly curved, so the central difference's O(eps^2) error dominates.
+    # Measured on tiny's stem weight: relative error 3.9e-5, 3.9e-7, 3.9e-9 at eps 1e-5, 1e-6,
+    # 1e-7 (exactly eps^2), with round-off 1.6e-10. eps = 1e-7 keeps the same 1e-7 bound honest.
+    check_gradients(loss, {"x": x, **params}, grads, rng=0, eps=1e-7)
 
 
 # -- loading and bad input --------------------------------------------------------------------
