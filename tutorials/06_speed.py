@@ -49,8 +49,8 @@ else:
 
 b, h, heads, d = 8, 3, 4, 16
 win = b + 2 * h
-sizes = [8, 16] if QUICK else [16, 32, 48, 64, 96]
-dense_max = 16 if QUICK else 48  # the dense oracle's memory grows as (H W)^2: stop it early
+sizes = [8, 16, 24, 32] if QUICK else [16, 32, 48, 64, 96]
+dense_max = 24 if QUICK else 48  # the dense oracle's memory grows as (H W)^2: stop it early
 repeats = 3 if QUICK else 5
 dtype = np.float32
 rng = np.random.default_rng(0)
