@@ -24,11 +24,12 @@ float32 runs in float32 throughout, with a vectorisable exp (`_exp_f32`, within 
 Numba's scalar `expf` costs more than the matrix products; float64 uses the exact `np.exp`.
 
 The layer's 1x1 projections for this backend (`conv1x1_forward_numba`, `conv1x1_backward_numba`,
-same contract as `halo_ref.layers.conv1x1_*`) also run on Numba's threads, see below.
+same contract as `halo_ref.layers.conv1x1_*`) also run on Numba's threads: they are the 1x1
+convolution kernels of `halo_ref._layers_numba`, which the network's other layers use too.
 
-Compilation: four parallel kernels (attention forward and backward, projection, weight
-gradient) x two dtypes = eight specialisations (plus the small helpers they inline); every
-option (border, stride, scale_pos_embed, sizes) is a runtime argument. Compiled code is cached
+Compilation: the two attention kernels here, plus the projection, BatchNorm and SiLU kernels
+of `halo_ref._layers_numba`, once per dtype (`warm_up` compiles them all); every option
+(border, stride, scale_pos_embed, sizes) is a runtime argument. Compiled code is cached
 on disk (`cache=True`), so only the first process pays the compile time (about 70 s on the
 2-core CI machine; a warm process loads everything in about 1 s). Environment:
 
@@ -41,69 +42,18 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from numba import njit, prange, set_parallel_chunksize, types
-from numba.extending import overload
+from numba import njit, prange
 
 from ._checks import HaloRefError
-
-# Never "nnan"/"ninf": masked logits are -inf and must stay -inf through max and exp.
-_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
-
-# exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]; ln 2 is split
-# into a part exact in float32 and a small correction (Cody and Waite) so r keeps full precision.
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)
-_LN2_LO = np.float32(-2.12194440e-4)
-_EXP_MIN = np.float32(-87.0)  # below this 2^n is subnormal; such weights are set to exactly 0
-# Taylor coefficients 1/k!, k = 2..7: the truncation error on |r| <= 0.35 is below 1e-8
-_C2, _C3, _C4 = np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24)
-_C5, _C6, _C7 = np.float32(1 / 120), np.float32(1 / 720), np.float32(1 / 5040)
-
-
-@njit(fastmath=_FASTMATH, cache=True)
-def _exp_f32(x, out, bits):
-    """out[i] = exp(x[i]) for float32 x <= 0 (shifted logits), relative error < 5e-7 (4 ulp);
-    0 for x <= -87 and -inf. bits: int32 scratch.
-
-    Two branch-free loops that LLVM vectorises: a polynomial for exp(r), then the 2^n factor
-    built from its exponent bits (an int32 buffer viewed as float32).
-    """
-    n = x.shape[0]
-    for i in range(n):
-        xi = max(x[i], _EXP_MIN)
-        k = np.floor(xi * _LOG2E + np.float32(0.5))
-        r = xi - k * _LN2_HI - k * _LN2_LO
-        p = _C6 + r * _C7
-        p = _C5 + r * p
-        p = _C4 + r * p
-        p = _C3 + r * p
-        p = _C2 + r * p
-        p = np.float32(1.0) + r * p
-        out[i] = np.float32(1.0) + r * p
-        bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
-    two_n = bits.view(np.float32)
-    for i in range(n):
-        e = out[i] * two_n[i]
-        out[i] = e if x[i] > _EXP_MIN else np.float32(0.0)
-
-
-@njit(fastmath=_FASTMATH, cache=True)
-def _exp_f64(x, out, bits):
-    """out[i] = exp(x[i]) with the exact np.exp (float64 must match the reference to 1e-12)."""
-    for i in range(x.shape[0]):
-        out[i] = np.exp(x[i])
-
-
-def _exp_into(x, out, bits):
-    """out = exp(x) elementwise; compiled per dtype by the overload below."""
-    raise NotImplementedError("only callable from jitted code")
-
-
-@overload(_exp_into, jit_options={"fastmath": _FASTMATH})
-def _exp_into_impl(x, out, bits):
-    if x.dtype == types.float32:
-        return lambda x, out, bits: _exp_f32(x, out, bits)
-    return lambda x, out, bits: _exp_f64(x, out, bits)
+from ._layers_numba import (
+    batchnorm_train_backward,
+    batchnorm_train_forward,
+    silu_backward,
+    silu_forward,
+)
+from ._layers_numba import conv1x1_backward as conv1x1_backward_numba
+from ._layers_numba import conv1x1_forward as conv1x1_forward_numba
+from ._numba_math import _FASTMATH, _exp_into, run_dynamic
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -119,7 +69,7 @@ def _softmax_row(row, tmp, bits):
     s = row[0]
     for i in range(1, n):
         s += row[i]
-    inv = 1 / s
+    inv = (s / s) / s  # 1 / s in the row's dtype (a literal 1 would promote float32 to float64)
     for i in range(n):
         row[i] *= inv
 
@@ -182,6 +132,44 @@ def _copy_patch_back(src, dst, y0, x0, size):
             row[start + k] = flat[i * run + k]
 
 
+_MNK = 2**18  # multiply-adds per BLAS call: OpenBLAS stays single-threaded up to here
+
+
+@njit(cache=True)
+def _dot_rows(a, bt, out):
+    """out = a @ bt for a (M, K), bt (K, N) and out (M, N), in row pieces that each stay
+    below OpenBLAS's threshold for starting threads of its own."""
+    M, K = a.shape
+    rows = max(1, _MNK // (K * bt.shape[1]))
+    for r0 in range(0, M, rows):
+        r1 = min(M, r0 + rows)
+        np.dot(a[r0:r1], bt, out[r0:r1])
+
+
+@njit(cache=True)
+def _add_dot_rows(a, bt, out):
+    """out += a @ bt, in row pieces like `_dot_rows`."""
+    M, K = a.shape
+    rows = max(1, _MNK // (K * bt.shape[1]))
+    tmp = np.empty((min(rows, M), bt.shape[1]), out.dtype)
+    for r0 in range(0, M, rows):
+        r1 = min(M, r0 + rows)
+        np.dot(a[r0:r1], bt, tmp[: r1 - r0])
+        out[r0:r1] += tmp[: r1 - r0]
+
+
+@njit(cache=True)
+def _add_dot_tn(a, b, out):
+    """out += a^T @ b for a (M, K), b (M, N), out (K, N), summing pieces of M in order."""
+    M, K = a.shape
+    rows = max(1, _MNK // (K * b.shape[1]))
+    tmp = np.empty(out.shape, out.dtype)
+    for r0 in range(0, M, rows):
+        r1 = min(M, r0 + rows)
+        np.dot(a[r0:r1].T, b[r0:r1], tmp)
+        out += tmp
+
+
 @njit(cache=True)
 def _border_row(H, W, y0, x0, win, mask, out):
     """Additive mask of one window: -inf on pixels outside the image when `mask`, else 0."""
@@ -222,12 +210,17 @@ def _forward_kernel(
         _to_pixels(q_map, b, qc0, 0, qpix)
         _to_pixels(kv_map, b, kc0, halo, kpix)
         _to_pixels(kv_map, b, kc0 + d_qk, halo, vpix)
+        # q . height_rel[r] for every query and table row r (width likewise): one product for
+        # the whole map instead of two small ones per block
+        qflat = qpix.reshape(Hq * Wq, d_qk)
+        qh = np.empty((Hq * Wq, R), dt)
+        qw = np.empty((Hq * Wq, R), dt)
+        _dot_rows(qflat, rh.T, qh)
+        _dot_rows(qflat, rw.T, qw)
         Q = np.empty((Pq, d_qk), dt)  # the block's queries, pixel-major
         K = np.empty((Pw, d_qk), dt)  # the window's keys
         V = np.empty((Pw, d_v), dt)
         Ot = np.empty((d_v, Pq), dt)
-        qh = np.empty((Pq, R), dt)  # q . height_rel[r] for every query and table row r
-        qw = np.empty((Pq, R), dt)
         madd = np.empty(Pw, dt)
         tmp = np.empty(Pw, dt)
         bits = np.empty(Pw, np.int32)
@@ -239,15 +232,14 @@ def _forward_kernel(
             _border_row(H, W, by * block - halo, bx * block - halo, win, mask, madd)
             A = attn[b, hd, n]  # Pq, Pw: logits first, probabilities in place
             np.dot(Q, K.T, A)  # content logits q . k
-            np.dot(Q, rh.T, qh)
-            np.dot(Q, rw.T, qw)
             for p in range(Pq):
                 # the query at (qy, qx) of its block reads table rows k - q + win - 1, k < win;
                 # slicing once lets the inner loop run on plain unit-stride rows (vectorised)
                 qy, qx = p // bq, p % bq
+                pix = (by * bq + qy) * Wq + bx * bq + qx
                 row = A[p]
-                h_row = qh[p, win - 1 - qy : 2 * win - 1 - qy]
-                w_row = qw[p, win - 1 - qx : 2 * win - 1 - qx]
+                h_row = qh[pix, win - 1 - qy : 2 * win - 1 - qy]
+                w_row = qw[pix, win - 1 - qx : 2 * win - 1 - qx]
                 for ky in range(win):
                     hv = h_row[ky]
                     r = row[ky * win : ky * win + win]
@@ -317,16 +309,12 @@ def _backward_kernel(
         V = np.empty((Pw, d_v), dt)
         dL = np.empty((Pq, Pw), dt)  # d attn, then cs * d logits in place
         dQ = np.empty((Pq, d_qk), dt)
-        tQ = np.empty((Pq, d_qk), dt)
         dK = np.empty((Pw, d_qk), dt)
         dV = np.empty((Pw, d_v), dt)
-        dqh = np.empty((Pq, R), dt)  # d (q . height_rel[r]) per query
-        dqw = np.empty((Pq, R), dt)
-        tR = np.empty((R, d_qk), dt)
-        dh = dh_part[t]
-        dw = dw_part[t]
-        dh[:] = 0
-        dw[:] = 0
+        # d (q . height_rel[r]) for every query of the map (width likewise); the products with
+        # the tables run once per task after the blocks, not twice per block
+        dqh = np.zeros((Hq * Wq, R), dt)
+        dqw = np.zeros((Hq * Wq, R), dt)
         for n in range(N):
             by, bx = n // nbw, n % nbw
             _copy_patch(qpix, by * bq, bx * bq, bq, Q)
@@ -349,11 +337,10 @@ def _backward_kernel(
             # within one query every table row is used by one ky (one kx): no collisions
             for p in range(Pq):
                 qy, qx = p // bq, p % bq
+                pix = (by * bq + qy) * Wq + bx * bq + qx
                 g_row = dL[p]
-                dqh[p, :] = 0
-                dqw[p, :] = 0
-                h_seg = dqh[p, win - 1 - qy : 2 * win - 1 - qy]
-                w_seg = dqw[p, win - 1 - qx : 2 * win - 1 - qx]
+                h_seg = dqh[pix, win - 1 - qy : 2 * win - 1 - qy]
+                w_seg = dqw[pix, win - 1 - qx : 2 * win - 1 - qx]
                 for ky in range(win):
                     seg = g_row[ky * win : ky * win + win]
                     s = seg[0]
@@ -364,113 +351,26 @@ def _backward_kernel(
                         w_seg[kx] += seg[kx]
                 for kx in range(win):
                     w_seg[kx] *= pos_ratio
-            # content = q @ k^T (cs is already in dL); q_h = q @ height_rel^T, same for width
+            # content = q @ k^T (cs is already in dL)
             np.dot(dL, K, dQ)
-            np.dot(dqh, rh, tQ)
-            dQ += tQ
-            np.dot(dqw, rw, tQ)
-            dQ += tQ
             np.dot(dL.T, Q, dK)
-            np.dot(dqh.T, Q, tR)
-            dh += tR
-            np.dot(dqw.T, Q, tR)
-            dw += tR
             # query blocks are disjoint; windows overlap, added in block order (deterministic)
             _copy_patch_back(dQ, dqpix, by * bq, bx * bq, bq)
             _add_patch(dK, dkpix, by * block, bx * block, win)
             _add_patch(dV, dvpix, by * block, bx * block, win)
+        # q_h = q @ height_rel^T and q_w = q @ width_rel^T, for all queries at once
+        dqflat = dqpix.reshape(Hq * Wq, d_qk)
+        _add_dot_rows(dqh, rh, dqflat)
+        _add_dot_rows(dqw, rw, dqflat)
+        dh, dw = dh_part[t], dw_part[t]
+        dh[:] = 0
+        dw[:] = 0
+        _add_dot_tn(dqh, qpix.reshape(Hq * Wq, d_qk), dh)
+        _add_dot_tn(dqw, qpix.reshape(Hq * Wq, d_qk), dw)
         _from_pixels(dqpix, 0, dq_map, b, qc0)
         # the padding's gradient is dropped: those keys were zeros that no pixel produced
         _from_pixels(dkpix, halo, dkv_map, b, kc0)
         _from_pixels(dvpix, halo, dkv_map, b, kc0 + d_qk)
-
-
-# ---------------------------------------------------------------------------------------------
-# 1x1 projections for the numba backend: same contract as halo_ref.layers.conv1x1_*, but run on
-# Numba's threads as many small BLAS products. Each product stays below OpenBLAS's threshold
-# for starting its own threads (m*n*k <= 2**18), so no second thread pool competes with
-# Numba's: on the shared 2-core CI machine, one big multi-threaded product per image measured
-# ~10x slower (mostly OpenBLAS threads spinning against the others).
-# ---------------------------------------------------------------------------------------------
-_MNK = 2**17  # multiply-adds per BLAS call: half of OpenBLAS's single-thread threshold
-
-
-@njit(parallel=True, cache=True)
-def _project_kernel(w, x, out):
-    """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L), in pixel chunks."""
-    B, C, L = x.shape
-    O = w.shape[0]
-    chunk = min(L, 32)
-    rows = max(1, min(O, _MNK // (C * chunk)))
-    n_chunks = (L + chunk - 1) // chunk
-    for t in prange(B * n_chunks):
-        b = t // n_chunks
-        lo = (t % n_chunks) * chunk
-        hi = min(L, lo + chunk)
-        xb = np.ascontiguousarray(x[b, :, lo:hi])  # C, chunk
-        ob = np.empty((rows, hi - lo), x.dtype)
-        for o0 in range(0, O, rows):
-            o1 = min(O, o0 + rows)
-            np.dot(w[o0:o1], xb, ob[: o1 - o0])
-            out[b, o0:o1, lo:hi] = ob[: o1 - o0]
-
-
-@njit(parallel=True, cache=True)
-def _weight_grad_kernel(dout, x, partial):
-    """partial[b] = dout[b] @ x[b]^T for dout (B, O, L), x (B, C, L), partial (B, O, C)."""
-    B, O, L = dout.shape
-    C = x.shape[1]
-    chunk = min(L, 64)
-    rows = max(1, min(O, _MNK // (C * chunk)))
-    for b in prange(B):
-        acc = partial[b]
-        acc[:] = 0
-        tmp = np.empty((rows, C), x.dtype)
-        for lo in range(0, L, chunk):
-            hi = min(L, lo + chunk)
-            xt = np.ascontiguousarray(x[b, :, lo:hi].T)  # chunk, C
-            for o0 in range(0, O, rows):
-                o1 = min(O, o0 + rows)
-                d = np.ascontiguousarray(dout[b, o0:o1, lo:hi])
-                np.dot(d, xt, tmp[: o1 - o0])
-                acc[o0:o1] += tmp[: o1 - o0]
-
-
-def conv1x1_forward_numba(x, weight, bias=None, stride=1):
-    """`halo_ref.layers.conv1x1_forward` on Numba's threads (same arguments, same cache use).
-
-    x: (B, C, H, W); weight: (O, C, 1, 1); bias: (O,) or None; stride s in {1, 2}.
-    Returns out (B, O, H/s, W/s) and a cache for `conv1x1_backward_numba`.
-    """
-    xs = x[:, :, ::stride, ::stride] if stride > 1 else x
-    B, C, Ho, Wo = xs.shape
-    xs = np.ascontiguousarray(xs).reshape(B, C, Ho * Wo)  # B, C, pixels
-    w = np.ascontiguousarray(weight[:, :, 0, 0])
-    out = np.empty((B, w.shape[0], Ho * Wo), x.dtype)
-    _project_kernel(w, xs, out)
-    if bias is not None:
-        out += bias[None, :, None]
-    return out.reshape(B, -1, Ho, Wo), (xs, w, bias is not None, x.shape, stride)
-
-
-def conv1x1_backward_numba(dout, cache):
-    """Gradients of `conv1x1_forward_numba`: dx (B, C, H, W), dweight (O, C, 1, 1), dbias."""
-    xs, w, has_bias, x_shape, stride = cache
-    B, O, Ho, Wo = dout.shape
-    d2 = np.ascontiguousarray(dout).reshape(B, O, Ho * Wo)
-    dxs = np.empty((B, w.shape[1], Ho * Wo), dout.dtype)
-    _project_kernel(np.ascontiguousarray(w.T), d2, dxs)
-    partial = np.empty((B, O, w.shape[1]), dout.dtype)
-    _weight_grad_kernel(d2, xs, partial)
-    dweight = partial.sum(axis=0)[:, :, None, None]  # fixed-order sum over images
-    dbias = d2.sum(axis=(0, 2)) if has_bias else None
-    dxs = dxs.reshape(B, -1, Ho, Wo)
-    if stride > 1:
-        dx = np.zeros(x_shape, dtype=dout.dtype)
-        dx[:, :, ::stride, ::stride] = dxs  # the skipped pixels did not reach the output
-    else:
-        dx = dxs
-    return dx, dweight, dbias
 
 
 def warm_up(dtypes=(np.float32, np.float64)):
@@ -487,19 +387,12 @@ def warm_up(dtypes=(np.float32, np.float64)):
         halo_attention_backward_numba(out, cache)
         y, cache = conv1x1_forward_numba(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
         conv1x1_backward_numba(y, cache)
+        x3 = np.ascontiguousarray(kv.reshape(1, 4, 4))
+        out, xhat, _, _, invstd = batchnorm_train_forward(x3, x3[0, :, 0], x3[0, :, 1], 1e-5)
+        batchnorm_train_backward(out, xhat, x3[0, :, 0], invstd)
+        out, sig = silu_forward(x3)
+        silu_backward(out, x3, sig)
     return time.perf_counter() - start
-
-
-def _run_dynamic(kernel, *args):
-    """Run a prange kernel handing out one (image, head) task at a time instead of splitting
-    the tasks into equal static halves: on a shared machine one thread is often descheduled,
-    and with static halves the other would then sit idle at the end of the region. Which thread
-    runs a task does not change its result, so outputs stay bit-identical."""
-    previous = set_parallel_chunksize(1)
-    try:
-        kernel(*args)
-    finally:
-        set_parallel_chunksize(previous)
 
 
 def _contiguous(a, dtype):
@@ -545,7 +438,7 @@ def halo_attention_forward_numba(
     out_map = np.empty((B, num_heads * d_v, Hq, Wq), dt)
     attn = np.empty((B, num_heads, N, bq * bq, win * win), dt)  # B, heads, N, Pq, Pw
     args = (num_heads, block_size, halo_size, query_stride, dt.type(scale))
-    _run_dynamic(
+    run_dynamic(
         _forward_kernel,
         q_map, kv_map, height_rel, width_rel, *args, bool(scale_pos_embed), border == "mask",
         out_map, attn,
@@ -569,7 +462,7 @@ def halo_attention_backward_numba(dout_map, cache):
     dkv_map = np.empty_like(kv_map)
     dh_part = np.empty((B * num_heads, R, d_qk), dt)
     dw_part = np.empty((B * num_heads, R, d_qk), dt)
-    _run_dynamic(
+    run_dynamic(
         _backward_kernel,
         dout_map, q_map, kv_map, height_rel, width_rel, attn, *args, scale_pos,
         dq_map, dkv_map, dh_part, dw_part,

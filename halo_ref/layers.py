@@ -91,6 +91,17 @@ def softmax_backward(dp, cache):
 
 
 # -- k x k convolution (im2col + one batched matrix product) ----------------------------------
+# "numba": 1x1 convolutions without padding run on Numba's threads (the kernels of
+# `halo_ref._layers_numba`, same maths); "numpy": the im2col product below for every kernel.
+CONV1X1_KERNEL = "numba"
+
+
+def _use_numba(setting, *arrays):
+    """Whether to take a Numba kernel: chosen, and every array float32 or every one float64."""
+    dtypes = {a.dtype for a in arrays}
+    return setting == "numba" and len(dtypes) == 1 and dtypes <= {np.float32, np.float64}
+
+
 def _pad_hw(x, padding, value=0.0):
     """Pad the two spatial axes of (B, C, H, W) by `padding` pixels on each side."""
     if padding == 0:
@@ -116,6 +127,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     """
     B, C, H, W = x.shape
     O, _, k, _ = weight.shape
+    if k == 1 and padding == 0 and _use_numba(CONV1X1_KERNEL, x, weight):
+        from ._layers_numba import conv1x1_forward as kernel
+
+        out, cache = kernel(x, weight, bias, stride)
+        return out, ("numba 1x1", cache)
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
     w2 = weight.reshape(O, C * k * k)
     if k == 1 and stride == 1 and padding == 0:
@@ -139,6 +155,10 @@ def conv2d_backward(dout, cache):
     The column matrix makes dweight = sum over images of dout @ cols^T and dcols = weight^T @
     dout; col2im then adds each column entry back onto the input pixel it was copied from.
     """
+    if isinstance(cache[0], str):  # ("numba 1x1", the kernel's cache)
+        from ._layers_numba import conv1x1_backward as kernel
+
+        return kernel(dout.astype(cache[1][1].dtype, copy=False), cache[1])
     cols, weight, has_bias, x_shape, stride, padding = cache
     B, C, H, W = x_shape
     O, _, k, _ = weight.shape
@@ -260,8 +280,18 @@ def relu_backward(dout, cache):
     return dout * cache
 
 
+# "numba": SiLU runs the one-pass parallel kernel of `halo_ref._layers_numba`; "numpy": below.
+SILU_KERNEL = "numba"
+
+
 def silu_forward(x):
     """SiLU (swish): x * sigmoid(x) elementwise."""
+    if _use_numba(SILU_KERNEL, x):
+        from ._layers_numba import silu_forward as kernel
+
+        x = np.ascontiguousarray(x)
+        out, sig = kernel(x)
+        return out, (x, sig)
     sig = np.negative(x)
     np.exp(sig, out=sig)  # in place: one buffer instead of four temporaries
     sig += 1
@@ -272,6 +302,10 @@ def silu_forward(x):
 def silu_backward(dout, cache):
     """d/dx x*s(x) = s(x) * (1 + x * (1 - s(x)))."""
     x, sig = cache
+    if _use_numba(SILU_KERNEL, dout, x) and dout.shape == x.shape:
+        from ._layers_numba import silu_backward as kernel
+
+        return kernel(np.ascontiguousarray(dout), x, sig)
     g = 1 - sig
     g *= x
     g += 1

@@ -31,12 +31,9 @@ from hypothesis import given, settings
 from strategies import core_cases, layer_cases
 
 from halo_ref import HaloAttention, HaloRefError
+from halo_ref._numba_math import _exp_f32
 from halo_ref.attention import BACKENDS, halo_attention_backward, halo_attention_forward
-from halo_ref.attention_numba import (
-    _exp_f32,
-    halo_attention_backward_numba,
-    halo_attention_forward_numba,
-)
+from halo_ref.attention_numba import halo_attention_backward_numba, halo_attention_forward_numba
 from halo_ref.testing import check_layer_gradients, compare
 
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}  # why: see the module docstring
@@ -169,6 +166,8 @@ def test_layer_bit_identical_across_thread_counts(numba_warm):
         (2, 3, 5, 4, 6, 1, True),  # one chunk, one row block
         (2, 500, 300, 6, 11, 1, False),  # 66 pixels: partial last chunk; 8-row blocks of 300
         (3, 7, 9, 10, 6, 2, True),  # strided queries: the skipped pixels get zero gradient
+        (20, 6, 5, 4, 4, 1, False),  # 16-pixel maps: weight gradient packs 2-3 images a product
+        (2, 64, 5, 72, 72, 1, False),  # C*pixels > 2**18: products over chunks of pixels
     ],
 )
 def test_numba_projections_match_layers_conv1x1(numba_warm, dtype, B, C, O, H, W, stride, bias):

@@ -56,15 +56,33 @@ def check_pair(forward, backward, arrays, *, seed=0, grad_index=None):
 
 
 # -- gradient checks of the functional layers -------------------------------------------------
-@given(conv_cases())
-def test_conv2d_gradients(case):
+@contextlib.contextmanager
+def kernel(setting, name):
+    """Run a block with one implementation of a layer: the Numba kernels or the NumPy formulas
+    (setting: the switch in halo_ref.layers, e.g. "SILU_KERNEL")."""
+    saved = getattr(L, setting)
+    setattr(L, setting, name)
+    try:
+        yield
+    finally:
+        setattr(L, setting, saved)
+
+
+KERNELS = pytest.mark.parametrize("kernel_name", ["numba", "numpy"])
+
+
+@KERNELS
+@given(case=conv_cases())
+def test_conv2d_gradients(kernel_name, case):
+    """Every kernel size; 1x1 convolutions without padding take the Numba kernels by default."""
     x, w, b = case.arrays()
     arrays = {"x": x, "weight": w, "bias": b} if case.bias else {"x": x, "weight": w}
 
     def fwd(**a):
         return L.conv2d_forward(a["x"], a["weight"], a.get("bias"), case.stride, case.padding)
 
-    check_pair(fwd, L.conv2d_backward, arrays, seed=case.seed)
+    with kernel("CONV1X1_KERNEL", kernel_name):
+        check_pair(fwd, L.conv2d_backward, arrays, seed=case.seed)
 
 
 @given(feature_maps(), st.integers(1, 3), st.sampled_from([1, 2]), st.booleans())
@@ -82,22 +100,9 @@ def test_conv1x1_gradients(x, out_ch, stride, bias):
     check_pair(fwd, L.conv1x1_backward, arrays)
 
 
-@contextlib.contextmanager
-def bn_kernel(name):
-    """Run a block with one BatchNorm implementation (the Numba kernels or the NumPy formulas)."""
-    saved, L.BATCHNORM_KERNEL = L.BATCHNORM_KERNEL, name
-    try:
-        yield
-    finally:
-        L.BATCHNORM_KERNEL = saved
-
-
-BN_KERNELS = pytest.mark.parametrize("kernel", ["numba", "numpy"])
-
-
-@BN_KERNELS
+@KERNELS
 @given(x=feature_maps(max_side=5), training=st.booleans())
-def test_batchnorm2d_gradients(kernel, x, training):
+def test_batchnorm2d_gradients(kernel_name, x, training):
     if training and x.size // x.shape[1] < 2:
         x = np.concatenate([x, x[::-1] * 0.5 + 1.0])  # training needs two values per channel
     C = x.shape[1]
@@ -111,14 +116,16 @@ def test_batchnorm2d_gradients(kernel, x, training):
             a["x"], a["weight"], a["bias"], rm.copy(), rv.copy(), training=training
         )
 
-    with bn_kernel(kernel):
+    with kernel("BATCHNORM_KERNEL", kernel_name):
         check_pair(fwd, L.batchnorm2d_backward, {"x": x, "weight": w, "bias": b})
 
 
-@given(feature_maps())
-def test_relu_silu_gradients(x):
+@KERNELS
+@given(x=feature_maps())
+def test_relu_silu_gradients(kernel_name, x):
     check_pair(lambda x: L.relu_forward(x), L.relu_backward, {"x": x})
-    check_pair(lambda x: L.silu_forward(x), L.silu_backward, {"x": x})
+    with kernel("SILU_KERNEL", kernel_name):
+        check_pair(lambda x: L.silu_forward(x), L.silu_backward, {"x": x})
 
 
 @given(conv_cases(max_kernel=3, max_pad=1))
@@ -226,13 +233,13 @@ def test_maxpool2d_matches_torch(torch, case):
 
 
 @pytest.mark.torch
-@BN_KERNELS
+@KERNELS
 @given(x=feature_maps(max_side=5))
-def test_batchnorm2d_matches_torch_with_running_stats(torch, kernel, x):
+def test_batchnorm2d_matches_torch_with_running_stats(torch, kernel_name, x):
     x = np.concatenate([x, x * 0.5 - 1.0])  # at least two values per channel
     C = x.shape[1]
     mine2, ref2 = hnn.BatchNorm2d(C, dtype=np.float64), torch.nn.BatchNorm2d(C).double()
-    with bn_kernel(kernel):
+    with kernel("BATCHNORM_KERNEL", kernel_name):
         _compare_bn(torch, mine2, ref2, x)
 
 
@@ -412,9 +419,9 @@ def test_batchnorm2d_kernels_agree(dtype):
     g = rng.standard_normal(x.shape).astype(dtype)
     w, b = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
     results = []
-    for kernel in ("numpy", "numba"):
+    for name in ("numpy", "numba"):
         rm, rv = np.zeros(5, dtype), np.ones(5, dtype)
-        with bn_kernel(kernel):
+        with kernel("BATCHNORM_KERNEL", name):
             out, cache = L.batchnorm2d_forward(x, w, b, rm, rv, training=True)
             results.append((out, *L.batchnorm2d_backward(g, cache), rm, rv))
     rtol = 1e-5 if dtype == np.float32 else 1e-12

@@ -1,0 +1,123 @@
+"""The Numba kernels of the network's other layers (halo_ref._layers_numba: BatchNorm, SiLU,
+1x1 convolution) against the NumPy formulas of halo_ref.layers, and their determinism.
+
+The gradient checks of tests/test_layers.py run on both implementations; this module adds
+what finite differences cannot see: float32 accuracy at extreme inputs, agreement of the two
+implementations in float32, and bit-identical results for any thread count.
+
+Tolerances: float64 1e-12 relative to the largest entry (the two implementations sum in
+different orders; rounding only, ~1e-15 per term over at most a few hundred terms); float32
+1e-5 (the same argument at float32's 6e-8 unit round-off).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from halo_ref import _layers_numba as K
+from halo_ref import layers as L
+from halo_ref.testing import assert_close
+
+RTOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def exact_silu(x):
+    """x * sigmoid(x) in float64, written so that no exp overflows."""
+    x = np.asarray(x, np.float64)
+    e = np.exp(-np.abs(x))
+    return x * np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def test_silu_kernel_accurate_at_extreme_inputs(numba_warm):
+    """float32: within 4 ulp of the exact value (the fast exp is within 4 ulp; a division and a
+    product add one rounding each) where x > -87; below, exp(x) is flushed to 0 like the
+    softmax's (the exact |SiLU| there is under 1e-35); no overflow where exp(-x) would exceed
+    float32 (x < -88); infinities and signed zeros as the formula says; NaN stays NaN."""
+    x = np.concatenate([np.linspace(-120, 120, 4001), [-1e30, -88.8, -1e-30, 0.0, -0.0, 1e30]])
+    x = np.concatenate([x, [np.inf, -np.inf, np.nan]]).astype(np.float32)
+    out, sig = K.silu_forward(x)
+    finite = np.isfinite(x)
+    assert np.isfinite(out[finite]).all() and np.all((sig[finite] >= 0) & (sig[finite] <= 1))
+    normal = finite & (x > -87)
+    exact = exact_silu(x[normal])
+    err = np.abs(out[normal] - exact) / np.maximum(np.abs(exact), np.finfo(np.float32).tiny)
+    assert err.max() <= 4 * 2**-23, f"worst relative error {err.max():.2e}"
+    assert np.abs(out[finite & (x <= -87)]).max() <= 1e-35
+    assert out[-3] == np.inf and np.isnan(out[-2]) and np.isnan(out[-1])  # -inf * 0 is NaN
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_silu_kernels_agree(numba_warm, dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 6, 5, 7)) * 4).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    results = []
+    for name in ("numpy", "numba"):
+        L.SILU_KERNEL, saved = name, L.SILU_KERNEL
+        try:
+            out, cache = L.silu_forward(x)
+            results.append((out, L.silu_backward(g, cache)))
+        finally:
+            L.SILU_KERNEL = saved
+    for label, a, b in zip(("out", "dx"), *results, strict=True):
+        assert a.dtype == dtype, label
+        assert_close(a, b, rtol=RTOL[dtype], name=label)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride, bias", [(1, False), (2, True)])
+def test_conv1x1_kernels_agree_through_conv2d(numba_warm, dtype, stride, bias):
+    """conv2d_forward with a 1x1 kernel takes the Numba path by default; it equals the im2col
+    product of the NumPy path, output and every gradient."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((11, 24, 6, 8)).astype(dtype)
+    w = rng.standard_normal((40, 24, 1, 1)).astype(dtype)
+    b = rng.standard_normal(40).astype(dtype) if bias else None
+    results = []
+    for name in ("numpy", "numba"):
+        L.CONV1X1_KERNEL, saved = name, L.CONV1X1_KERNEL
+        try:
+            out, cache = L.conv2d_forward(x, w, b, stride)
+            g = np.random.default_rng(6).standard_normal(out.shape).astype(dtype)
+            grads = L.conv2d_backward(g, cache)
+            results.append((out, *grads[:2]) + ((grads[2],) if bias else ()))
+        finally:
+            L.CONV1X1_KERNEL = saved
+    labels = ("out", "dx", "dweight", "dbias")[: len(results[0])]
+    for label, a, c in zip(labels, *results, strict=True):
+        assert a.dtype == dtype, label
+        assert_close(a, c, rtol=RTOL[dtype], name=label)
+
+
+def _run_all(x3, w_conv, g3):
+    """One forward and backward of each kernel; returns every output array."""
+    out, xhat, mean, var, invstd = K.batchnorm_train_forward(x3, x3[0, :, 0], x3[0, :, 1], 1e-5)
+    bn = (out, xhat, mean, var, invstd, *K.batchnorm_train_backward(g3, xhat, x3[0, :, 0], invstd))
+    s_out, sig = K.silu_forward(x3)
+    silu = (s_out, sig, K.silu_backward(g3, x3, sig))
+    x4 = x3.reshape(x3.shape[0], x3.shape[1], 16, -1)
+    c_out, cache = K.conv1x1_forward(x4, w_conv)
+    conv = (c_out, *K.conv1x1_backward(c_out, cache)[:2])
+    return bn + silu + conv
+
+
+@pytest.mark.parametrize("pixels", [16 * 5, 16 * 400])  # packed weight gradient; chunked
+def test_layer_kernels_bit_identical_across_thread_counts(numba_warm, pixels):
+    """Each task owns its outputs and every cross-task sum runs in a fixed order, so 1 thread
+    and all threads give the same bits."""
+    rng = np.random.default_rng(9)
+    x3 = rng.standard_normal((19, 48, pixels)).astype(np.float32)
+    g3 = rng.standard_normal(x3.shape).astype(np.float32)
+    w = rng.standard_normal((56, 48, 1, 1)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _run_all(x3, w, g3)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = _run_all(x3, w, g3)
+    finally:
+        numba.set_num_threads(before)
+    for i, (a, b) in enumerate(zip(one, many, strict=True)):
+        assert np.array_equal(a, b), f"output {i} differs between 1 and N threads"
