@@ -266,3 +266,79 @@ def conv1x1_backward(dout, cache):
     else:
         dx = dxs
     return dx, dweight, dbias
+
+
+# -- k x k convolution -----------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def _im2col_kernel(x, k, stride, padding, cols):
+    """cols[b, (c*k + i)*k + j, oy*Wo + ox] = x[b, c, stride*oy + i - padding, stride*ox + j -
+    padding], 0 outside the image: every output pixel's receptive field as one column."""
+    B, C, H, W = x.shape
+    Ho = (H + 2 * padding - k) // stride + 1
+    Wo = (W + 2 * padding - k) // stride + 1
+    for b in prange(B):
+        for c in range(C):
+            for i in range(k):
+                for j in range(k):
+                    row = cols[b, (c * k + i) * k + j]
+                    for oy in range(Ho):
+                        y = stride * oy + i - padding
+                        for ox in range(Wo):
+                            xx = stride * ox + j - padding
+                            inside = 0 <= y < H and 0 <= xx < W
+                            row[oy * Wo + ox] = x[b, c, y, xx] if inside else 0
+
+
+@njit(parallel=True, cache=True)
+def _col2im_kernel(dcols, k, stride, padding, dx):
+    """The adjoint of `_im2col_kernel`: dx[b] = sum of every column entry onto the input pixel
+    it was copied from (one task per image, in a fixed order)."""
+    B, C, H, W = dx.shape
+    Ho = (H + 2 * padding - k) // stride + 1
+    Wo = (W + 2 * padding - k) // stride + 1
+    for b in prange(B):
+        dx[b] = 0
+        for c in range(C):
+            for i in range(k):
+                for j in range(k):
+                    row = dcols[b, (c * k + i) * k + j]
+                    for oy in range(Ho):
+                        y = stride * oy + i - padding
+                        if 0 <= y < H:
+                            for ox in range(Wo):
+                                xx = stride * ox + j - padding
+                                if 0 <= xx < W:
+                                    dx[b, c, y, xx] += row[oy * Wo + ox]
+
+
+def conv2d_forward(x, weight, bias, stride, padding):
+    """`halo_ref.layers.conv2d_forward` on Numba's threads: im2col per image, then the 1x1
+    kernel's products. x: (B, C, H, W); weight: (O, C, k, k); returns out (B, O, Ho, Wo), cache."""
+    B, C, H, W = x.shape
+    O, _, k, _ = weight.shape
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    cols = np.empty((B, C * k * k, Ho * Wo), x.dtype)  # B, C*k*k, Ho*Wo
+    run_dynamic(_im2col_kernel, np.ascontiguousarray(x), k, stride, padding, cols)
+    w2 = np.ascontiguousarray(weight.reshape(O, C * k * k))
+    out = np.empty((B, O, Ho * Wo), x.dtype)
+    run_dynamic(_project_kernel, w2, cols, out)
+    if bias is not None:
+        out += bias[None, :, None]
+    return out.reshape(B, O, Ho, Wo), (cols, weight, bias is not None, x.shape, stride, padding)
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of `conv2d_forward` above: dx (B, C, H, W), dweight (O, C, k, k), dbias."""
+    cols, weight, has_bias, x_shape, stride, padding = cache
+    O, _, k, _ = weight.shape
+    B = x_shape[0]
+    d2 = np.ascontiguousarray(dout).reshape(B, O, -1)
+    dcols = np.empty_like(cols)
+    run_dynamic(_project_kernel, np.ascontiguousarray(weight.reshape(O, -1).T), d2, dcols)
+    partial = np.empty((min(B, _GROUPS),) + weight.reshape(O, -1).shape, dout.dtype)
+    run_dynamic(_weight_grad_kernel, d2, cols, partial)
+    dweight = partial.sum(axis=0).reshape(weight.shape)  # fixed-order sum over the groups
+    dbias = d2.sum(axis=(0, 2)) if has_bias else None
+    dx = np.empty(x_shape, dout.dtype)
+    run_dynamic(_col2im_kernel, dcols, k, stride, padding, dx)
+    return dx, dweight, dbias

@@ -27,7 +27,7 @@ The layer's 1x1 projections for this backend (`conv1x1_forward_numba`, `conv1x1_
 same contract as `halo_ref.layers.conv1x1_*`) also run on Numba's threads: they are the 1x1
 convolution kernels of `halo_ref._layers_numba`, which the network's other layers use too.
 
-Compilation: the two attention kernels here, plus the projection, BatchNorm and SiLU kernels
+Compilation: the two attention kernels here, plus the convolution, BatchNorm and SiLU kernels
 of `halo_ref._layers_numba`, once per dtype (`warm_up` compiles them all); every option
 (border, stride, scale_pos_embed, sizes) is a runtime argument. Compiled code is cached
 on disk (`cache=True`), so only the first process pays the compile time (about 70 s on the
@@ -48,6 +48,8 @@ from ._checks import HaloRefError
 from ._layers_numba import (
     batchnorm_train_backward,
     batchnorm_train_forward,
+    conv2d_backward,
+    conv2d_forward,
     silu_backward,
     silu_forward,
 )
@@ -392,6 +394,8 @@ def warm_up(dtypes=(np.float32, np.float64)):
         batchnorm_train_backward(out, xhat, x3[0, :, 0], invstd)
         out, sig = silu_forward(x3)
         silu_backward(out, x3, sig)
+        y, cache = conv2d_forward(kv, rng.standard_normal((3, 4, 3, 3)).astype(dt), None, 2, 1)
+        conv2d_backward(y, cache)
     return time.perf_counter() - start
 
 

@@ -91,15 +91,15 @@ def softmax_backward(dp, cache):
 
 
 # -- k x k convolution (im2col + one batched matrix product) ----------------------------------
-# "numba": 1x1 convolutions without padding run on Numba's threads (the kernels of
-# `halo_ref._layers_numba`, same maths); "numpy": the im2col product below for every kernel.
-CONV1X1_KERNEL = "numba"
+# "numba": convolutions run on Numba's threads (the kernels of `halo_ref._layers_numba`, the
+# same im2col maths); "numpy": the NumPy version below. Tests check both.
+CONV_KERNEL = "numba"
 
 
 def _use_numba(setting, *arrays):
     """Whether to take a Numba kernel: chosen, and every array float32 or every one float64."""
     dtypes = {a.dtype for a in arrays}
-    return setting == "numba" and len(dtypes) == 1 and dtypes <= {np.float32, np.float64}
+    return setting == "numba" and len(dtypes) == 1 and dtypes.pop() in (np.float32, np.float64)
 
 
 def _pad_hw(x, padding, value=0.0):
@@ -127,11 +127,14 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     """
     B, C, H, W = x.shape
     O, _, k, _ = weight.shape
-    if k == 1 and padding == 0 and _use_numba(CONV1X1_KERNEL, x, weight):
-        from ._layers_numba import conv1x1_forward as kernel
+    if _use_numba(CONV_KERNEL, x, weight):
+        from . import _layers_numba as kernels
 
-        out, cache = kernel(x, weight, bias, stride)
-        return out, ("numba 1x1", cache)
+        if k == 1 and padding == 0:  # no column copy: the map itself is the column matrix
+            out, cache = kernels.conv1x1_forward(x, weight, bias, stride)
+            return out, ("numba 1x1", cache)
+        out, cache = kernels.conv2d_forward(x, weight, bias, stride, padding)
+        return out, ("numba", cache)
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
     w2 = weight.reshape(O, C * k * k)
     if k == 1 and stride == 1 and padding == 0:
@@ -155,10 +158,12 @@ def conv2d_backward(dout, cache):
     The column matrix makes dweight = sum over images of dout @ cols^T and dcols = weight^T @
     dout; col2im then adds each column entry back onto the input pixel it was copied from.
     """
-    if isinstance(cache[0], str):  # ("numba 1x1", the kernel's cache)
-        from ._layers_numba import conv1x1_backward as kernel
+    if isinstance(cache[0], str):  # (which Numba kernel, its cache)
+        from . import _layers_numba as kernels
 
-        return kernel(dout.astype(cache[1][1].dtype, copy=False), cache[1])
+        kind, kernel_cache = cache
+        backward = kernels.conv1x1_backward if kind == "numba 1x1" else kernels.conv2d_backward
+        return backward(dout.astype(kernel_cache[1].dtype, copy=False), kernel_cache)
     cols, weight, has_bias, x_shape, stride, padding = cache
     B, C, H, W = x_shape
     O, _, k, _ = weight.shape

@@ -77,14 +77,14 @@ def test_conv1x1_kernels_agree_through_conv2d(numba_warm, dtype, stride, bias):
     b = rng.standard_normal(40).astype(dtype) if bias else None
     results = []
     for name in ("numpy", "numba"):
-        L.CONV1X1_KERNEL, saved = name, L.CONV1X1_KERNEL
+        L.CONV_KERNEL, saved = name, L.CONV_KERNEL
         try:
             out, cache = L.conv2d_forward(x, w, b, stride)
             g = np.random.default_rng(6).standard_normal(out.shape).astype(dtype)
             grads = L.conv2d_backward(g, cache)
             results.append((out, *grads[:2]) + ((grads[2],) if bias else ()))
         finally:
-            L.CONV1X1_KERNEL = saved
+            L.CONV_KERNEL = saved
     labels = ("out", "dx", "dweight", "dbias")[: len(results[0])]
     for label, a, c in zip(labels, *results, strict=True):
         assert a.dtype == dtype, label
@@ -121,3 +121,31 @@ def test_layer_kernels_bit_identical_across_thread_counts(numba_warm, pixels):
         numba.set_num_threads(before)
     for i, (a, b) in enumerate(zip(one, many, strict=True)):
         assert np.array_equal(a, b), f"output {i} differs between 1 and N threads"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_kernels_are_the_default_for_float_inputs(monkeypatch, dtype):
+    """The switches pick the kernels for float32 and float64 (a check that cannot silently
+    fall back to NumPy: each kernel is replaced by one that records its call)."""
+    called = []
+
+    def spy(name):
+        real = getattr(K, name)
+
+        def record(*args, **kwargs):
+            called.append(name)
+            return real(*args, **kwargs)
+
+        return record
+
+    for name in ("silu_forward", "silu_backward", "conv1x1_forward", "conv2d_forward"):
+        monkeypatch.setattr(K, name, spy(name))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(dtype)
+    out, cache = L.silu_forward(x)
+    L.silu_backward(out, cache)
+    L.conv2d_forward(x, np.ones((5, 3, 1, 1), dtype))
+    L.conv2d_forward(x, np.ones((5, 3, 3, 3), dtype), padding=1)
+    assert called == ["silu_forward", "silu_backward", "conv1x1_forward", "conv2d_forward"]
+    called.clear()
+    L.silu_forward(x.astype(np.float16))  # not a kernel dtype: the NumPy formula
+    assert called == []

@@ -81,7 +81,7 @@ def test_conv2d_gradients(kernel_name, case):
     def fwd(**a):
         return L.conv2d_forward(a["x"], a["weight"], a.get("bias"), case.stride, case.padding)
 
-    with kernel("CONV1X1_KERNEL", kernel_name):
+    with kernel("CONV_KERNEL", kernel_name):
         check_pair(fwd, L.conv2d_backward, arrays, seed=case.seed)
 
 
