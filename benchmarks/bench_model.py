@@ -6,8 +6,9 @@ pass of the paper's H0-H7 at their image sizes.
 
 Step mode: one training step (forward, softmax cross-entropy, backward, SGD update) at batch 64
 on 32x32x3, timed for halo_ref and for its PyTorch twin (torch.nn + timm's HaloAttn, same
-weights) in one process with the same thread count; medians over --repeats runs after
---warmup runs, images per second and the ratio halo_ref / PyTorch. Then one more instrumented
+weights) in one process with the same thread count, the two taking turns step by step; medians
+over --repeats runs after --warmup runs, images per second and the ratio halo_ref / PyTorch
+(of the medians, and the median of the ratios of back-to-back steps). Then one more instrumented
 set of steps gives halo_ref's time per layer type and per layer, slowest first.
 
 Family mode: each model runs in a fresh subprocess (so its peak memory is its own) in eval
@@ -74,14 +75,18 @@ def median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
-def timed(fn, repeats, warmup):
+def timed_interleaved(fns, repeats, warmup):
+    """Time several functions in turns (a, b, a, b, ...) so that a slow spell of a shared
+    machine hits all of them alike; returns one list of times per function."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
     return times
 
 
@@ -163,7 +168,7 @@ def run_step(args):
         except ImportError as exc:
             print(f"PyTorch twin skipped: {exc}")
 
-    rows = [("halo_ref", timed(lambda: halo_ref_step(model, x, y), args.repeats, args.warmup))]
+    steps = {"halo_ref": lambda: halo_ref_step(model, x, y)}
     if twin is not None:
         opt = torch.optim.SGD(twin.parameters(), lr=0.01)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -174,13 +179,16 @@ def run_step(args):
             loss.backward()
             opt.step()
 
-        rows.append(("pytorch twin", timed(torch_step, args.repeats, args.warmup)))
+        steps["pytorch twin"] = torch_step
+    times = timed_interleaved(list(steps.values()), args.repeats, args.warmup)
+    rows = list(zip(steps, times, strict=True))
 
     print(
         f"\n{args.model}: {result['params']:,} params, batch {args.batch}, "
         f"{args.threads} threads (BLAS {result['blas_threads']}), attention backend "
         f"{result['backend']!r}, "
         f"median of {args.repeats} after {args.warmup} warm-up"
+        + (", the two taking turns" if twin is not None else "")
     )
     print(f"{'':14s} {'step (s)':>9s} {'images/s':>9s} {'min (s)':>8s} {'max (s)':>8s}")
     for label, times in rows:
@@ -189,8 +197,13 @@ def run_step(args):
         print(f"{label:14s} {med:9.3f} {args.batch / med:9.1f} {min(times):8.3f} {max(times):8.3f}")
     if twin is not None:
         ratio = result["pytorch twin"]["median_s"] / result["halo_ref"]["median_s"]
+        # each twin step over the halo_ref step just before it: robust to slow spells
+        paired = median([t / h for h, t in zip(rows[0][1], rows[1][1], strict=True)])
         result["speedup_vs_pytorch"] = ratio
-        print(f"halo_ref / PyTorch throughput ratio: {ratio:.2f}x")
+        result["speedup_vs_pytorch_paired_median"] = paired
+        print(
+            f"halo_ref / PyTorch throughput ratio: {ratio:.2f}x (median of paired ratios {paired:.2f}x)"
+        )
 
     # per-layer breakdown: a separate, instrumented run (the wrappers cost a little)
     by_type, by_name = instrument(model)
