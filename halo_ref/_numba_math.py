@@ -60,6 +60,45 @@ def _exp_f64(x, out, bits):
         out[i] = np.exp(x[i])
 
 
+@njit(fastmath=_FASTMATH, cache=True)
+def _max_f32(x, scratch):
+    """max(x) of a float32 row, exactly, by integer compares (which LLVM vectorises; a float
+    max only vectorises under fast-math "nnan", which the -inf of masked logits forbids).
+
+    A float's bits read as a signed integer, with the magnitude bits of negative numbers
+    flipped, sort like the floats, -inf and +inf included. A NaN entry gives NaN or is
+    skipped; either way the softmax row it is in becomes NaN. scratch: int32, >= 1 element.
+    """
+    bits = x.view(np.int32)
+    m = -(1 << 31)
+    for i in range(x.shape[0]):
+        k = bits[i]
+        m = max(m, k ^ ((k >> 31) & 0x7FFFFFFF))
+    scratch[0] = m ^ ((m >> 31) & 0x7FFFFFFF)
+    return scratch[:1].view(np.float32)[0]
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _max_f64(x, scratch):
+    """max(x) of a float64 row (a plain loop: float64 speed matters less than clarity)."""
+    m = x[0]
+    for i in range(1, x.shape[0]):
+        m = max(m, x[i])
+    return m
+
+
+def _row_max(x, scratch):
+    """max(x) of a 1-D float row; compiled per dtype by the overload below."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+@overload(_row_max, jit_options={"fastmath": _FASTMATH})
+def _row_max_impl(x, scratch):
+    if x.dtype == types.float32:
+        return lambda x, scratch: _max_f32(x, scratch)
+    return lambda x, scratch: _max_f64(x, scratch)
+
+
 def _exp_into(x, out, bits):
     """out = exp(x) elementwise; compiled per dtype by the overload below."""
     raise NotImplementedError("only callable from jitted code")

@@ -55,16 +55,14 @@ from ._layers_numba import (
 )
 from ._layers_numba import conv1x1_backward as conv1x1_backward_numba
 from ._layers_numba import conv1x1_forward as conv1x1_forward_numba
-from ._numba_math import _FASTMATH, _exp_into, run_dynamic
+from ._numba_math import _FASTMATH, _exp_into, _row_max, run_dynamic
 
 
 @njit(fastmath=_FASTMATH, cache=True)
 def _softmax_row(row, tmp, bits):
     """In-place softmax of one row of logits (-inf entries get exactly 0)."""
     n = row.shape[0]
-    m = row[0]
-    for i in range(1, n):
-        m = max(m, row[i])
+    m = _row_max(row, bits)
     for i in range(n):
         tmp[i] = row[i] - m
     _exp_into(tmp, row, bits)

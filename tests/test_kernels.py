@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from strategies import core_cases, layer_cases
 
 from halo_ref import HaloAttention, HaloRefError
-from halo_ref._numba_math import _exp_f32
+from halo_ref._numba_math import _exp_f32, _max_f32
 from halo_ref.attention import BACKENDS, halo_attention_backward, halo_attention_forward
 from halo_ref.attention_numba import halo_attention_backward_numba, halo_attention_forward_numba
 from halo_ref.testing import check_layer_gradients, compare
@@ -204,6 +204,30 @@ def test_fast_exp_float32_accuracy_and_masking(numba_warm):
     keep = x > -87
     assert np.max(np.abs(out[keep] - exact[keep]) / exact[keep]) <= 5e-7
     assert np.all(out[~keep] == 0)
+
+
+def test_integer_row_max_is_exact(numba_warm):
+    """The softmax's float32 row max by integer compares equals np.max bit for bit, across
+    signs, subnormals, signed zeros and infinities (masked rows are -inf but for one entry);
+    a NaN makes it NaN or is skipped (the row's softmax is NaN either way)."""
+    rng = np.random.default_rng(0)
+    rows = [
+        (rng.standard_normal(n) * 10.0 ** rng.integers(-40, 38)).astype(np.float32)
+        for n in (1, 7, 64, 144)
+    ]
+    rows += [
+        np.array(v, np.float32)
+        for v in ([-np.inf, -1.0, -np.inf], [-0.0, 0.0], [0.0, -0.0], [-3e38, -np.inf], [-1e-45, -2e-45],
+                  [1e-45, -1e-45], [np.inf, 1.0], [-5.5] * 9, [-np.inf] * 3 + [2.5])
+    ]  # fmt: skip
+    scratch = np.empty(1, np.int32)
+    for row in rows:
+        got = _max_f32(row, scratch)
+        assert (
+            got == row.max() and np.signbit(got) == np.signbit(row.max()) or got == 0 == row.max()
+        )
+    nan_row = np.array([1.0, np.nan, 2.0], np.float32)
+    assert np.isnan(_max_f32(nan_row, scratch)) or _max_f32(nan_row, scratch) == 2.0
 
 
 def test_numba_is_the_default_and_numpy_selects_the_reference():
