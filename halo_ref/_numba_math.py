@@ -1,9 +1,11 @@
-"""Shared by the Numba kernels: an exp that LLVM can vectorise, and a dynamic-scheduling runner.
+"""Shared by the Numba kernels: an exp and a softmax that LLVM can vectorise, and a
+dynamic-scheduling runner.
 
 Numba compiles `np.exp` on a scalar to a call of the C library's `exp`/`expf` (no SIMD), and in
-halo attention's softmax and in SiLU that call costs more than everything around it. `_exp_into`
-computes a whole buffer at once: float32 with a short polynomial (within 4 ulp of the exact
-value), float64 with the exact `np.exp` (float64 paths must match the NumPy reference to 1e-12).
+halo attention's softmax and in SiLU that call costs more than everything around it.
+`_exp_into` computes a whole buffer at once and `softmax_row` a whole row of logits: float32
+with a short polynomial (within 4 ulp of the exact value), float64 with the exact `np.exp`
+(float64 paths must match the NumPy reference to 1e-12).
 """
 
 from __future__ import annotations
@@ -26,6 +28,24 @@ _C2, _C3, _C4 = np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24)
 _C5, _C6, _C7 = np.float32(1 / 120), np.float32(1 / 720), np.float32(1 / 5040)
 
 
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _exp_parts(x):
+    """(p, b) with exp(x) = p * 2^n for float32 x in [-87, 0], b the bits of the float 2^n.
+
+    p = exp(r) by the Taylor polynomial, r = x - n ln 2; branch-free, so loops calling it
+    vectorise. The caller multiplies by 2^n (b viewed as float32) in a second loop.
+    """
+    k = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - k * _LN2_HI - k * _LN2_LO
+    p = _C6 + r * _C7
+    p = _C5 + r * p
+    p = _C4 + r * p
+    p = _C3 + r * p
+    p = _C2 + r * p
+    p = np.float32(1.0) + r * p
+    return np.float32(1.0) + r * p, (np.int32(k) + np.int32(127)) << np.int32(23)
+
+
 @njit(fastmath=_FASTMATH, cache=True)
 def _exp_f32(x, out, bits):
     """out[i] = exp(x[i]) for float32 x <= 0 (shifted logits), relative error < 5e-7 (4 ulp);
@@ -36,21 +56,60 @@ def _exp_f32(x, out, bits):
     """
     n = x.shape[0]
     for i in range(n):
-        xi = max(x[i], _EXP_MIN)
-        k = np.floor(xi * _LOG2E + np.float32(0.5))
-        r = xi - k * _LN2_HI - k * _LN2_LO
-        p = _C6 + r * _C7
-        p = _C5 + r * p
-        p = _C4 + r * p
-        p = _C3 + r * p
-        p = _C2 + r * p
-        p = np.float32(1.0) + r * p
-        out[i] = np.float32(1.0) + r * p
-        bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+        out[i], bits[i] = _exp_parts(max(x[i], _EXP_MIN))
     two_n = bits.view(np.float32)
     for i in range(n):
         e = out[i] * two_n[i]
         out[i] = e if x[i] > _EXP_MIN else np.float32(0.0)
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _softmax_f32(row, bits):
+    """In place: row = softmax(row) for a float32 row, -inf entries exactly 0; bits: int32
+    scratch of the row's length. The max, exp(x - max) with its sum, and the scaling in four
+    vectorised passes over the row (the same exp as `_exp_f32`)."""
+    n = row.shape[0]
+    m = _max_f32(row, bits)
+    for i in range(n):
+        x = row[i] - m
+        p, bits[i] = _exp_parts(max(x, _EXP_MIN))
+        row[i] = p if x > _EXP_MIN else np.float32(0.0)
+    two_n = bits.view(np.float32)
+    s = np.float32(0.0)
+    for i in range(n):
+        e = row[i] * two_n[i]
+        row[i] = e
+        s += e
+    inv = np.float32(1.0) / s
+    for i in range(n):
+        row[i] *= inv
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _softmax_f64(row, bits):
+    """In place: row = softmax(row) for a float64 row with the exact np.exp."""
+    m = _max_f64(row, bits)
+    s = 0.0
+    for i in range(row.shape[0]):
+        e = np.exp(row[i] - m)
+        row[i] = e
+        s += e
+    inv = 1.0 / s
+    for i in range(row.shape[0]):
+        row[i] *= inv
+
+
+def softmax_row(row, bits):
+    """In place: row = softmax(row), -inf entries exactly 0 (every row has a finite entry);
+    bits: int32 scratch of the row's length. Compiled per dtype by the overload below."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+@overload(softmax_row, jit_options={"fastmath": _FASTMATH})
+def _softmax_row_impl(row, bits):
+    if row.dtype == types.float32:
+        return lambda row, bits: _softmax_f32(row, bits)
+    return lambda row, bits: _softmax_f64(row, bits)
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -85,18 +144,6 @@ def _max_f64(x, scratch):
     for i in range(1, x.shape[0]):
         m = max(m, x[i])
     return m
-
-
-def _row_max(x, scratch):
-    """max(x) of a 1-D float row; compiled per dtype by the overload below."""
-    raise NotImplementedError("only callable from jitted code")
-
-
-@overload(_row_max, jit_options={"fastmath": _FASTMATH})
-def _row_max_impl(x, scratch):
-    if x.dtype == types.float32:
-        return lambda x, scratch: _max_f32(x, scratch)
-    return lambda x, scratch: _max_f64(x, scratch)
 
 
 def _exp_into(x, out, bits):

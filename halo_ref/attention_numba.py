@@ -55,23 +55,7 @@ from ._layers_numba import (
 )
 from ._layers_numba import conv1x1_backward as conv1x1_backward_numba
 from ._layers_numba import conv1x1_forward as conv1x1_forward_numba
-from ._numba_math import _FASTMATH, _exp_into, _row_max, run_dynamic
-
-
-@njit(fastmath=_FASTMATH, cache=True)
-def _softmax_row(row, tmp, bits):
-    """In-place softmax of one row of logits (-inf entries get exactly 0)."""
-    n = row.shape[0]
-    m = _row_max(row, bits)
-    for i in range(n):
-        tmp[i] = row[i] - m
-    _exp_into(tmp, row, bits)
-    s = row[0]
-    for i in range(1, n):
-        s += row[i]
-    inv = (s / s) / s  # 1 / s in the row's dtype (a literal 1 would promote float32 to float64)
-    for i in range(n):
-        row[i] *= inv
+from ._numba_math import _FASTMATH, run_dynamic, softmax_row
 
 
 @njit(cache=True)
@@ -222,7 +206,6 @@ def _forward_kernel(
         V = np.empty((Pw, d_v), dt)
         Ot = np.empty((d_v, Pq), dt)
         madd = np.empty(Pw, dt)
-        tmp = np.empty(Pw, dt)
         bits = np.empty(Pw, np.int32)
         for n in range(N):
             by, bx = n // nbw, n % nbw
@@ -246,7 +229,7 @@ def _forward_kernel(
                     m = madd[ky * win : ky * win + win]
                     for kx in range(win):
                         r[kx] = cs * r[kx] + bs * (hv + w_row[kx]) + m[kx]
-                _softmax_row(row, tmp, bits)
+                softmax_row(row, bits)
             np.dot(V.T, A.T, Ot)  # out^T = v^T @ A^T: d_v, Pq
             for c in range(d_v):
                 for i in range(bq):
