@@ -21,6 +21,7 @@ float32, is checked with the tight floor.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ import pytest
 from hypothesis import given, settings
 from strategies import core_cases, layer_cases
 
-from halo_ref import HaloAttention, HaloRefError
+from halo_ref import HaloAttention, HaloRefError, attention_numba
 from halo_ref._numba_math import _exp_f32, _max_f32
 from halo_ref.attention import BACKENDS, halo_attention_backward, halo_attention_forward
 from halo_ref.attention_numba import halo_attention_backward_numba, halo_attention_forward_numba
@@ -63,13 +64,32 @@ def _reference(case, arrays, dout):
     return out, halo_attention_backward(dout.astype(np.float64), cache)
 
 
+# Which kernel pair runs: "blocks" forces the blocked kernels, "strips" the block-row kernels
+# for small query blocks, "auto" the default choice by query-block size (_STRIP_PQ).
+KERNEL_PATHS = {"blocks": 0, "strips": 10**9, "auto": None}
+
+
+@contextlib.contextmanager
+def kernel_path(path):
+    """Run a block with one kernel pair of KERNEL_PATHS."""
+    saved = attention_numba._STRIP_PQ
+    if KERNEL_PATHS[path] is not None:
+        attention_numba._STRIP_PQ = KERNEL_PATHS[path]
+    try:
+        yield
+    finally:
+        attention_numba._STRIP_PQ = saved
+
+
+@pytest.mark.parametrize("path", list(KERNEL_PATHS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(case=core_cases())
-def test_core_matches_reference(numba_warm, dtype, case):
+def test_core_matches_reference(numba_warm, path, dtype, case):
     arrays = case.arrays(dtype)
-    out, cache = halo_attention_forward_numba(*arrays, **case.kwargs())
-    dout = np.random.default_rng(case.seed + 7).standard_normal(out.shape).astype(dtype)
-    grads = halo_attention_backward_numba(dout, cache)
+    with kernel_path(path):
+        out, cache = halo_attention_forward_numba(*arrays, **case.kwargs())
+        dout = np.random.default_rng(case.seed + 7).standard_normal(out.shape).astype(dtype)
+        grads = halo_attention_backward_numba(dout, cache)
     ref_out, ref_grads = _reference(case, arrays, dout)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert_family_close(
@@ -118,8 +138,9 @@ def _run_once(arrays, kwargs, dout):
     return (out, *halo_attention_backward_numba(dout, cache))
 
 
+@pytest.mark.parametrize("path", ["blocks", "strips"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_bit_identical_across_runs_and_thread_counts(numba_warm, dtype):
+def test_bit_identical_across_runs_and_thread_counts(numba_warm, path, dtype):
     """No write races: 1 thread and all threads give the same bits (each task owns its outputs
     and the per-task table gradients are summed in task order)."""
     from strategies import CoreCase
@@ -131,10 +152,11 @@ def test_bit_identical_across_runs_and_thread_counts(numba_warm, dtype):
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        single = _run_once(arrays, case.kwargs(), dout)
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        many = _run_once(arrays, case.kwargs(), dout)
-        again = _run_once(arrays, case.kwargs(), dout)
+        with kernel_path(path):
+            single = _run_once(arrays, case.kwargs(), dout)
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            many = _run_once(arrays, case.kwargs(), dout)
+            again = _run_once(arrays, case.kwargs(), dout)
     finally:
         numba.set_num_threads(before)
     for a, b, c in zip(single, many, again, strict=True):
