@@ -6,9 +6,10 @@ pass of the paper's H0-H7 at their image sizes.
 
 Step mode: one training step (forward, softmax cross-entropy, backward, SGD update) at batch 64
 on 32x32x3, timed for halo_ref and for its PyTorch twin (torch.nn + timm's HaloAttn, same
-weights) in one process with the same thread count, the two taking turns step by step; medians
-over --repeats runs after --warmup runs, images per second and the ratio halo_ref / PyTorch
-(of the medians, and the median of the ratios of back-to-back steps). Then one more instrumented
+weights) in one process with the same thread count, the two taking turns (a few steps each, the
+first of each turn untimed, see timed_interleaved); medians over --repeats runs after --warmup
+runs, images per second and the ratio halo_ref / PyTorch (of the medians, and the median of the
+ratios of steps paired turn by turn). Then one more instrumented
 set of steps gives halo_ref's time per layer type and per layer, slowest first.
 
 Family mode: each model runs in a fresh subprocess (so its peak memory is its own) in eval
@@ -75,18 +76,27 @@ def median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
-def timed_interleaved(fns, repeats, warmup):
-    """Time several functions in turns (a, b, a, b, ...) so that a slow spell of a shared
-    machine hits all of them alike; returns one list of times per function."""
+def timed_interleaved(fns, repeats, warmup, per_turn=3):
+    """Time several functions in turns so that a slow spell of a shared machine hits all of
+    them alike; returns one list of times per function (about `repeats` each).
+
+    Each turn first runs its function once untimed, then times `per_turn` runs: halo_ref's
+    threads (Numba's OpenMP pool) and PyTorch's (its own bundled OpenMP) spin-wait for a while
+    after a parallel region, and a step timed right after the other library's step would pay
+    for the other pool's spinning (measured: halo_ref 0.152 s alone, 0.156-0.19 s when timed
+    straight after a twin step).
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
-    for _ in range(repeats):
+    for _ in range(max(1, round(repeats / per_turn))):
         for fn, ts in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
+            fn()  # settle: the other library's threads go quiet
+            for _ in range(per_turn):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
     return times
 
 
@@ -197,7 +207,7 @@ def run_step(args):
         print(f"{label:14s} {med:9.3f} {args.batch / med:9.1f} {min(times):8.3f} {max(times):8.3f}")
     if twin is not None:
         ratio = result["pytorch twin"]["median_s"] / result["halo_ref"]["median_s"]
-        # each twin step over the halo_ref step just before it: robust to slow spells
+        # each twin step over the halo_ref step of the same turn: robust to slow spells
         paired = median([t / h for h, t in zip(rows[0][1], rows[1][1], strict=True)])
         result["speedup_vs_pytorch"] = ratio
         result["speedup_vs_pytorch_paired_median"] = paired
