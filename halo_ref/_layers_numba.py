@@ -10,10 +10,12 @@ training step keeps both cores busy outside the attention too:
   pass for its two sums and one for dx.
 - SiLU: one pass, chunks of the flattened array as tasks, with the vectorisable exp of
   `halo_ref._numba_math` (NumPy's version walks the array four times).
-- 1x1 convolution: per image one (O, C) @ (C, pixels) product, cut into pieces that each stay
-  below OpenBLAS's threshold for starting threads of its own (m*n*k <= 2**18), so no second
-  thread pool competes with Numba's whatever the BLAS thread setting. The weight gradient is
+- 1x1 convolution: per image one (O, C) @ (C, pixels) product. When BLAS may start threads of
+  its own, the products are cut into pieces below OpenBLAS's threshold for doing so (m*n*k <=
+  2**18), so no second thread pool competes with Numba's; when BLAS is single-threaded (as
+  `halo-ref train` sets it, see `halo_ref._blas`) whole images. The weight gradient is
   accumulated in a fixed number of partial sums (`_GROUPS`), each over a fixed set of images.
+- k x k convolution: im2col and its adjoint per image, then the 1x1 products.
 
 Determinism: a task's arithmetic never depends on which thread runs it, and every reduction
 across tasks is done afterwards in a fixed order, so results are bit-identical for any thread
@@ -26,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._blas import blas_threads
 from ._numba_math import _FASTMATH, _exp_into, run_dynamic
 
 
@@ -159,25 +162,30 @@ _PACK = 256  # pixels per product in the weight gradient, at least
 _GROUPS = 8  # partial sums of the weight gradient: fixed, so the sum order never changes
 
 
-def _pieces(O, C, L):
-    """(pixel chunk, output rows) per BLAS call, rows * C * chunk <= _MNK: all the pixels of a
+def _product_limit():
+    """Multiply-adds per BLAS call: unlimited when BLAS is single-threaded (`halo-ref train`
+    sets it so), else _MNK so that no call starts BLAS threads inside Numba's."""
+    return 2**62 if blas_threads() == 1 else _MNK
+
+
+@njit(cache=True)
+def _pieces(O, C, L, mnk):
+    """(pixel chunk, output rows) per BLAS call, rows * C * chunk <= mnk: all the pixels of a
     few rows when they fit (every operand is then a plain slice, nothing is copied), else
-    chunks of pixels."""
-    if C * L <= _MNK:
-        return L, max(1, min(O, _MNK // (C * L)))
-    chunk = min(L, max(16, _MNK // (8 * C)))
-    return chunk, max(1, min(O, _MNK // (C * chunk)))
-
-
-_pieces_jit = njit(cache=True)(_pieces)
+    near-square pieces of rows x pixels (a product with few rows runs far below BLAS speed)."""
+    if C * L <= mnk:
+        return L, max(1, min(O, mnk // (C * L)))
+    side = max(16, int(np.sqrt(mnk // C)) // 16 * 16)
+    rows = min(O, side)
+    return min(L, max(16, mnk // (C * rows))), rows
 
 
 @njit(parallel=True, cache=True)
-def _project_kernel(w, x, out):
-    """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L): one task per piece."""
+def _project_kernel(w, x, out, chunk, rows):
+    """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L): one task per piece of
+    `rows` output rows by `chunk` pixels."""
     B, C, L = x.shape
     O = w.shape[0]
-    chunk, rows = _pieces_jit(O, C, L)
     n_chunks, n_rows = (L + chunk - 1) // chunk, (O + rows - 1) // rows
     per_image = n_chunks * n_rows
     for t in prange(B * per_image):
@@ -193,9 +201,10 @@ def _project_kernel(w, x, out):
 
 
 @njit(parallel=True, cache=True)
-def _weight_grad_kernel(dout, x, partial):
+def _weight_grad_kernel(dout, x, partial, mnk):
     """partial[g] = sum of dout[b] @ x[b]^T over images b = g, g + G, ... (G = len(partial)),
-    in increasing b: dout (B, O, L), x (B, C, L), partial (G, O, C).
+    in increasing b: dout (B, O, L), x (B, C, L), partial (G, O, C); products of at most mnk
+    multiply-adds.
 
     Small maps (L < _PACK pixels) are packed side by side, several images per product, so that
     each product sums over at least _PACK pixels instead of adding many thin ones."""
@@ -203,7 +212,7 @@ def _weight_grad_kernel(dout, x, partial):
     C = x.shape[1]
     G = partial.shape[0]
     per = max(1, _PACK // L)  # images per product
-    chunk, rows = _pieces_jit(O, C, per * L)
+    chunk, rows = _pieces(O, C, per * L, mnk)
     for g in prange(G):
         acc = partial[g]
         acc[:] = 0
@@ -231,6 +240,19 @@ def _weight_grad_kernel(dout, x, partial):
                     acc[o0:o1] += tmp[: o1 - o0]
 
 
+def _project(w, x, out):
+    """out[b] = w @ x[b] on Numba's threads (see _project_kernel)."""
+    chunk, rows = _pieces(w.shape[0], x.shape[1], x.shape[2], _product_limit())
+    run_dynamic(_project_kernel, w, x, out, chunk, rows)
+
+
+def _weight_grad(dout, x):
+    """sum over images of dout[b] @ x[b]^T: dout (B, O, L), x (B, C, L) -> (O, C)."""
+    partial = np.empty((min(dout.shape[0], _GROUPS), dout.shape[1], x.shape[1]), dout.dtype)
+    run_dynamic(_weight_grad_kernel, dout, x, partial, _product_limit())
+    return partial.sum(axis=0)  # fixed-order sum over the groups
+
+
 def conv1x1_forward(x, weight, bias=None, stride=1):
     """`halo_ref.layers.conv1x1_forward` on Numba's threads (same arguments, same cache use).
 
@@ -242,7 +264,7 @@ def conv1x1_forward(x, weight, bias=None, stride=1):
     xs = np.ascontiguousarray(xs).reshape(B, C, Ho * Wo)  # B, C, pixels
     w = np.ascontiguousarray(weight[:, :, 0, 0])
     out = np.empty((B, w.shape[0], Ho * Wo), x.dtype)
-    run_dynamic(_project_kernel, w, xs, out)
+    _project(w, xs, out)
     if bias is not None:
         out += bias[None, :, None]
     return out.reshape(B, -1, Ho, Wo), (xs, w, bias is not None, x.shape, stride)
@@ -254,10 +276,8 @@ def conv1x1_backward(dout, cache):
     B, O, Ho, Wo = dout.shape
     d2 = np.ascontiguousarray(dout).reshape(B, O, Ho * Wo)
     dxs = np.empty((B, w.shape[1], Ho * Wo), dout.dtype)
-    run_dynamic(_project_kernel, np.ascontiguousarray(w.T), d2, dxs)
-    partial = np.empty((min(B, _GROUPS), O, w.shape[1]), dout.dtype)
-    run_dynamic(_weight_grad_kernel, d2, xs, partial)
-    dweight = partial.sum(axis=0)[:, :, None, None]  # fixed-order sum over the groups
+    _project(np.ascontiguousarray(w.T), d2, dxs)
+    dweight = _weight_grad(d2, xs)[:, :, None, None]
     dbias = d2.sum(axis=(0, 2)) if has_bias else None
     dxs = dxs.reshape(B, -1, Ho, Wo)
     if stride > 1:
@@ -321,7 +341,7 @@ def conv2d_forward(x, weight, bias, stride, padding):
     run_dynamic(_im2col_kernel, np.ascontiguousarray(x), k, stride, padding, cols)
     w2 = np.ascontiguousarray(weight.reshape(O, C * k * k))
     out = np.empty((B, O, Ho * Wo), x.dtype)
-    run_dynamic(_project_kernel, w2, cols, out)
+    _project(w2, cols, out)
     if bias is not None:
         out += bias[None, :, None]
     return out.reshape(B, O, Ho, Wo), (cols, weight, bias is not None, x.shape, stride, padding)
@@ -334,10 +354,8 @@ def conv2d_backward(dout, cache):
     B = x_shape[0]
     d2 = np.ascontiguousarray(dout).reshape(B, O, -1)
     dcols = np.empty_like(cols)
-    run_dynamic(_project_kernel, np.ascontiguousarray(weight.reshape(O, -1).T), d2, dcols)
-    partial = np.empty((min(B, _GROUPS),) + weight.reshape(O, -1).shape, dout.dtype)
-    run_dynamic(_weight_grad_kernel, d2, cols, partial)
-    dweight = partial.sum(axis=0).reshape(weight.shape)  # fixed-order sum over the groups
+    _project(np.ascontiguousarray(weight.reshape(O, -1).T), d2, dcols)
+    dweight = _weight_grad(d2, cols).reshape(weight.shape)
     dbias = d2.sum(axis=(0, 2)) if has_bias else None
     dx = np.empty(x_shape, dout.dtype)
     run_dynamic(_col2im_kernel, dcols, k, stride, padding, dx)

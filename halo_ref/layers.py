@@ -8,6 +8,8 @@ hand to its own forward, and each one is checked against finite differences in t
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -21,6 +23,20 @@ def _sum_of_products(a, b):
     product would need); measured faster than a Python loop of products when BLAS has 2 threads.
     """
     return np.matmul(a, b.transpose(0, 2, 1)).sum(axis=0)
+
+
+@contextlib.contextmanager
+def numpy_kernels():
+    """Run a block with every layer's NumPy formula (the readable reference), whatever the
+    kernel switches below say: results then depend on nothing but NumPy (not on Numba's
+    threads, nor on how the Numba kernels cut their BLAS products)."""
+    global CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL
+    saved = CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL
+    CONV_KERNEL = SILU_KERNEL = BATCHNORM_KERNEL = "numpy"
+    try:
+        yield
+    finally:
+        CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL = saved
 
 
 # -- 1x1 convolution ---------------------------------------------------------------------------

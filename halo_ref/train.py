@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._atomic import atomic_write
+from ._blas import set_blas_threads
 from ._checks import HaloRefError, read_npz
 from .data import Dataset, load_dataset
 from .data.augment import augment, channel_stats, normalise, pad_to_multiple
@@ -106,40 +107,8 @@ def set_threads(n: int | None) -> int | None:
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    _set_openblas_threads(1)
+    set_blas_threads(1)
     return n
-
-
-_OPENBLAS_SETTERS = (
-    "openblas_set_num_threads", "openblas_set_num_threads64_",
-    "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-)  # fmt: skip
-
-
-def _set_openblas_threads(n: int) -> bool:
-    """Call the thread setter of every OpenBLAS this process has loaded (Linux; else a no-op).
-
-    NumPy reads OMP_NUM_THREADS only when it starts, and the command line has already imported
-    it, so the count is changed through OpenBLAS's own C function. Returns whether one was found.
-    """
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-    except OSError:
-        return False
-    found = False
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _OPENBLAS_SETTERS:
-            if hasattr(lib, name):
-                getattr(lib, name)(ctypes.c_int(n))
-                found = True
-    return found
 
 
 # -- atomic files ------------------------------------------------------------------------------

@@ -349,13 +349,14 @@ def reference_model_result(config: ModelVectorConfig, x, labels, weights) -> dic
     x: (B, in_chans, H, W); labels: int (B,); weights: the model's state dict (parameters and
     BatchNorm buffers). Float inputs are promoted to float64 first.
     """
-    from .layers import cross_entropy_backward, cross_entropy_forward
+    from .layers import cross_entropy_backward, cross_entropy_forward, numpy_kernels
 
     model = _build_model(config, rng=0)
     model.load_state_dict({k: np.asarray(v, np.float64) for k, v in weights.items()})
-    logits = model.forward(np.asarray(x, np.float64))
-    loss, cache = cross_entropy_forward(logits, np.asarray(labels))
-    dx = model.backward(cross_entropy_backward(cache))
+    with numpy_kernels():  # the readable formulas, as for the attention (BACKEND)
+        logits = model.forward(np.asarray(x, np.float64))
+        loss, cache = cross_entropy_forward(logits, np.asarray(labels))
+        dx = model.backward(cross_entropy_backward(cache))
     result = {"logits": logits, "loss": np.asarray(loss, np.float64), "dx": dx}
     for key in sorted(model.grads):
         result[GRAD_PREFIX + key] = model.grads[key]

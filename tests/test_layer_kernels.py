@@ -149,3 +149,37 @@ def test_numba_kernels_are_the_default_for_float_inputs(monkeypatch, dtype):
     called.clear()
     L.silu_forward(x.astype(np.float16))  # not a kernel dtype: the NumPy formula
     assert called == []
+
+
+@pytest.mark.parametrize("limit", [K._MNK, 2**62])  # BLAS multi-threaded; single-threaded
+@pytest.mark.parametrize(
+    "B, C, O, H, W, k, stride", [(3, 64, 24, 72, 72, 1, 1), (9, 7, 5, 6, 5, 3, 2)]
+)
+def test_conv_kernels_with_either_product_size(
+    numba_warm, monkeypatch, limit, B, C, O, H, W, k, stride
+):
+    """Pieces below OpenBLAS's threading threshold (its default of several threads) and whole
+    images (BLAS single-threaded, as in training) give the NumPy im2col result, float64; the
+    first shape has C * pixels > 2**18, so the pieces split the pixels."""
+    monkeypatch.setattr(K, "_product_limit", lambda: limit)
+    rng = np.random.default_rng(B + k)
+    x = rng.standard_normal((B, C, H, W))
+    w = rng.standard_normal((O, C, k, k))
+    padding = k // 2
+    out, cache = (
+        K.conv1x1_forward(x, w, None, stride)
+        if k == 1
+        else K.conv2d_forward(x, w, None, stride, padding)
+    )
+    g = rng.standard_normal(out.shape)
+    grads = (K.conv1x1_backward if k == 1 else K.conv2d_backward)(g, cache)
+    L.CONV_KERNEL, saved = "numpy", L.CONV_KERNEL
+    try:
+        ref, ref_cache = L.conv2d_forward(x, w, None, stride, padding)
+        ref_grads = L.conv2d_backward(g, ref_cache)
+    finally:
+        L.CONV_KERNEL = saved
+    for label, a, c in zip(
+        ("out", "dx", "dweight"), (out, *grads[:2]), (ref, *ref_grads[:2]), strict=True
+    ):
+        assert_close(a, c, rtol=RTOL[np.float64], name=label)
