@@ -271,3 +271,26 @@ def test_mixed_dtypes_give_a_one_line_error(numba_warm):
     q, kv, rh, rw = case.arrays(np.float64)
     with pytest.raises(HaloRefError, match="share one dtype"):
         halo_attention_forward_numba(q.astype(np.float32), kv, rh, rw, **case.kwargs())
+
+
+WARM_UP_CHECK = """
+from halo_ref import _layers_numba, attention_numba
+attention_numba.warm_up()
+kernels = [getattr(m, n) for m in (attention_numba, _layers_numba) for n in dir(m)
+           if n.endswith("_kernel") and hasattr(getattr(m, n), "signatures")]
+assert len(kernels) >= 12, len(kernels)
+for k in kernels:
+    dtypes = {str(sig[0].dtype) for sig in k.signatures}
+    assert {"float32", "float64"} <= dtypes, (k.__name__, dtypes)
+"""
+
+
+def test_warm_up_compiles_every_kernel(numba_warm):
+    """warm_up leaves nothing to compile later (a first training epoch would otherwise stall on
+    a kernel it never ran): in a fresh interpreter, where nothing else has run a kernel, every
+    parallel kernel has a float32 and a float64 version afterwards (loaded from the disk cache
+    that this session's warm-up filled)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", WARM_UP_CHECK], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
