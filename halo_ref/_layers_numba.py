@@ -169,35 +169,38 @@ def _product_limit():
 
 
 @njit(cache=True)
-def _pieces(O, C, L, mnk):
+def _pieces(O, C, L, mnk, chunk):
     """(pixel chunk, output rows) per BLAS call, rows * C * chunk <= mnk: all the pixels of a
     few rows when they fit (every operand is then a plain slice, nothing is copied), else
-    near-square pieces of rows x pixels (a product with few rows runs far below BLAS speed)."""
+    `chunk` pixels and as many rows as fit."""
     if C * L <= mnk:
         return L, max(1, min(O, mnk // (C * L)))
-    side = max(16, int(np.sqrt(mnk // C)) // 16 * 16)
-    rows = min(O, side)
-    return min(L, max(16, mnk // (C * rows))), rows
+    chunk = min(L, chunk)
+    return chunk, max(1, min(O, mnk // (C * chunk)))
 
 
 @njit(parallel=True, cache=True)
 def _project_kernel(w, x, out, chunk, rows):
-    """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L): one task per piece of
-    `rows` output rows by `chunk` pixels."""
+    """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L): one task per image and chunk
+    of pixels, products of `rows` output rows."""
     B, C, L = x.shape
     O = w.shape[0]
-    n_chunks, n_rows = (L + chunk - 1) // chunk, (O + rows - 1) // rows
-    per_image = n_chunks * n_rows
-    for t in prange(B * per_image):
-        b, r = t // per_image, t % per_image
-        lo, o0 = (r // n_rows) * chunk, (r % n_rows) * rows
-        hi, o1 = min(L, lo + chunk), min(O, o0 + rows)
-        if hi - lo == L:  # whole image: write straight into the output
-            np.dot(w[o0:o1], x[b], out[b, o0:o1])
-        else:
-            piece = np.empty((o1 - o0, hi - lo), x.dtype)
-            np.dot(w[o0:o1], np.ascontiguousarray(x[b, :, lo:hi]), piece)
-            out[b, o0:o1, lo:hi] = piece
+    n_chunks = (L + chunk - 1) // chunk
+    for t in prange(B * n_chunks):
+        b = t // n_chunks
+        lo = (t % n_chunks) * chunk
+        hi = min(L, lo + chunk)
+        if hi - lo == L:  # whole image: every operand is a plain slice
+            for o0 in range(0, O, rows):
+                o1 = min(O, o0 + rows)
+                np.dot(w[o0:o1], x[b], out[b, o0:o1])
+        else:  # the chunk is copied once and serves every row piece
+            xb = np.ascontiguousarray(x[b, :, lo:hi])
+            piece = np.empty((rows, hi - lo), x.dtype)
+            for o0 in range(0, O, rows):
+                o1 = min(O, o0 + rows)
+                np.dot(w[o0:o1], xb, piece[: o1 - o0])
+                out[b, o0:o1, lo:hi] = piece[: o1 - o0]
 
 
 @njit(parallel=True, cache=True)
@@ -212,7 +215,7 @@ def _weight_grad_kernel(dout, x, partial, mnk):
     C = x.shape[1]
     G = partial.shape[0]
     per = max(1, _PACK // L)  # images per product
-    chunk, rows = _pieces(O, C, per * L, mnk)
+    chunk, rows = _pieces(O, C, per * L, mnk, 64)
     for g in prange(G):
         acc = partial[g]
         acc[:] = 0
@@ -242,7 +245,7 @@ def _weight_grad_kernel(dout, x, partial, mnk):
 
 def _project(w, x, out):
     """out[b] = w @ x[b] on Numba's threads (see _project_kernel)."""
-    chunk, rows = _pieces(w.shape[0], x.shape[1], x.shape[2], _product_limit())
+    chunk, rows = _pieces(w.shape[0], x.shape[1], x.shape[2], _product_limit(), 32)
     run_dynamic(_project_kernel, w, x, out, chunk, rows)
 
 
