@@ -1,4 +1,4 @@
-"""Numba kernels for the network's other layers: BatchNorm, SiLU and 1x1 convolutions.
+"""Numba kernels for the network's other layers: BatchNorm, SiLU and convolutions.
 
 Each computes the same maths as the readable NumPy function in `halo_ref.layers` (which stays
 the reference; the tests hold every kernel to it) and runs on Numba's threads, so that a
@@ -18,8 +18,9 @@ training step keeps both cores busy outside the attention too:
 - k x k convolution: im2col and its adjoint per image, then the 1x1 products.
 
 Determinism: a task's arithmetic never depends on which thread runs it, and every reduction
-across tasks is done afterwards in a fixed order, so results are bit-identical for any thread
-count (tested). Tasks are handed out one at a time (`run_dynamic`): on a shared machine a
+across tasks is done afterwards in a fixed order, so results are bit-identical for any number of
+Numba threads (tested). The product sizes, and so the last bits, depend on whether BLAS is
+single-threaded. Tasks are handed out one at a time (`run_dynamic`): on a shared machine a
 descheduled thread then does not leave the other idle at the end of the region.
 """
 
@@ -160,6 +161,7 @@ def silu_backward(dout, x, sig):
 _MNK = 2**18  # multiply-adds per BLAS call: OpenBLAS uses one thread up to 2**18 (and below 2**19)
 _PACK = 256  # pixels per product in the weight gradient, at least
 _GROUPS = 8  # partial sums of the weight gradient: fixed, so the sum order never changes
+_MIN_TASKS = 8  # tasks per 1x1 product at least: small batches are split into pixel chunks
 
 
 def _product_limit():
@@ -245,7 +247,10 @@ def _weight_grad_kernel(dout, x, partial, mnk):
 
 def _project(w, x, out):
     """out[b] = w @ x[b] on Numba's threads (see _project_kernel)."""
-    chunk, rows = _pieces(w.shape[0], x.shape[1], x.shape[2], _product_limit(), 32)
+    B, C, L = x.shape
+    chunk, rows = _pieces(w.shape[0], C, L, _product_limit(), 32)
+    tasks = -(-_MIN_TASKS // B)  # chunks per image so that every thread has work, batch 1 too
+    chunk = min(chunk, max(16, -(-L // tasks)))
     run_dynamic(_project_kernel, w, x, out, chunk, rows)
 
 
