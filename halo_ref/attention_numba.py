@@ -104,18 +104,6 @@ def _add_patch(src, dst, y0, x0, size):
             row[start + k] += flat[i * run + k]
 
 
-@njit(cache=True)
-def _copy_patch_back(src, dst, y0, x0, size):
-    """The inverse of `_copy_patch`: dst[y0 + i, x0 + j, :] = src[i*size + j, :]."""
-    run = size * dst.shape[2]
-    flat = src.reshape(-1)
-    for i in range(size):
-        row = dst[y0 + i].reshape(-1)
-        start = x0 * dst.shape[2]
-        for k in range(run):
-            row[start + k] = flat[i * run + k]
-
-
 _MNK = 2**18  # multiply-adds per BLAS call: OpenBLAS stays single-threaded up to here
 
 
@@ -206,12 +194,12 @@ def _head_maps(q_map, kv_map, b, hd, halo, d_qk, d_v):
 @njit(cache=True)
 def _grad_maps(dout_map, b, hd, qpix, kpix, vpix):
     """For the backward of one head of one image: dout channel-last (Hq, Wq, d_v), and the
-    gradient buffers of q (Hq, Wq, d_qk) and of the padded keys and values (zeros: windows
-    overlap, and the task that owns them adds every window's share)."""
+    gradient buffers of q (Hq, Wq, d_qk) and of the padded keys and values, all zeros: each
+    block adds its share (windows overlap; the task owns them all)."""
     d_v, dt = vpix.shape[2], qpix.dtype
     dopix = np.empty((qpix.shape[0], qpix.shape[1], d_v), dt)
     _to_pixels(dout_map, b, hd * d_v, 0, dopix)
-    return dopix, np.empty_like(qpix), np.zeros_like(kpix), np.zeros_like(vpix)
+    return dopix, np.zeros_like(qpix), np.zeros_like(kpix), np.zeros_like(vpix)
 
 
 @njit(cache=True)
@@ -381,8 +369,9 @@ def _backward_kernel(
             # content = q @ k^T (cs is already in dL)
             np.dot(dL, K, dQ)
             np.dot(dL.T, Q, dK)
-            # query blocks are disjoint; windows overlap, added in block order (deterministic)
-            _copy_patch_back(dQ, dqpix, by * bq, bx * bq, bq)
+            # query blocks are disjoint (each dq pixel is added once, to its zero); windows
+            # overlap, added in block order (deterministic)
+            _add_patch(dQ, dqpix, by * bq, bx * bq, bq)
             _add_patch(dK, dkpix, by * block, bx * block, win)
             _add_patch(dV, dvpix, by * block, bx * block, win)
         dh, dw = dh_part[t], dw_part[t]
