@@ -241,7 +241,7 @@ def batchnorm2d_forward(
                 f"BatchNorm2d: training needs more than one value per channel, got input shape "
                 f"{x.shape}; use a batch of 2 or more or call model.eval()"
             )
-        if BATCHNORM_KERNEL == "numba":
+        if _use_numba(BATCHNORM_KERNEL, x, weight, bias):
             return _batchnorm2d_train_numba(
                 x, weight, bias, running_mean, running_var, momentum, eps
             )
@@ -269,7 +269,7 @@ def batchnorm2d_backward(dout, cache):
     In evaluation the statistics are constants and dx = dout * weight * invstd.
     """
     xhat, invstd, weight, training = cache
-    if training and BATCHNORM_KERNEL == "numba":
+    if training and _use_numba(BATCHNORM_KERNEL, dout, xhat):
         from ._layers_numba import batchnorm_train_backward
 
         B, C, H, W = dout.shape

@@ -53,14 +53,14 @@ def test_silu_kernels_agree(numba_warm, dtype):
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((4, 6, 5, 7)) * 4).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
-    results = []
-    for name in ("numpy", "numba"):
-        L.SILU_KERNEL, saved = name, L.SILU_KERNEL
-        try:
-            out, cache = L.silu_forward(x)
-            results.append((out, L.silu_backward(g, cache)))
-        finally:
-            L.SILU_KERNEL = saved
+
+    def run():
+        out, cache = L.silu_forward(x)
+        return out, L.silu_backward(g, cache)
+
+    with L.numpy_kernels():
+        results = [run()]
+    results.append(run())  # the default: the Numba kernel
     for label, a, b in zip(("out", "dx"), *results, strict=True):
         assert a.dtype == dtype, label
         assert_close(a, b, rtol=RTOL[dtype], name=label)
@@ -75,16 +75,16 @@ def test_conv1x1_kernels_agree_through_conv2d(numba_warm, dtype, stride, bias):
     x = rng.standard_normal((11, 24, 6, 8)).astype(dtype)
     w = rng.standard_normal((40, 24, 1, 1)).astype(dtype)
     b = rng.standard_normal(40).astype(dtype) if bias else None
-    results = []
-    for name in ("numpy", "numba"):
-        L.CONV_KERNEL, saved = name, L.CONV_KERNEL
-        try:
-            out, cache = L.conv2d_forward(x, w, b, stride)
-            g = np.random.default_rng(6).standard_normal(out.shape).astype(dtype)
-            grads = L.conv2d_backward(g, cache)
-            results.append((out, *grads[:2]) + ((grads[2],) if bias else ()))
-        finally:
-            L.CONV_KERNEL = saved
+
+    def run():
+        out, cache = L.conv2d_forward(x, w, b, stride)
+        g = np.random.default_rng(6).standard_normal(out.shape).astype(dtype)
+        grads = L.conv2d_backward(g, cache)
+        return (out, *grads[:2]) + ((grads[2],) if bias else ())
+
+    with L.numpy_kernels():
+        results = [run()]
+    results.append(run())  # the default: the Numba kernels
     labels = ("out", "dx", "dweight", "dbias")[: len(results[0])]
     for label, a, c in zip(labels, *results, strict=True):
         assert a.dtype == dtype, label
@@ -138,16 +138,24 @@ def test_numba_kernels_are_the_default_for_float_inputs(monkeypatch, dtype):
 
         return record
 
-    for name in ("silu_forward", "silu_backward", "conv1x1_forward", "conv2d_forward"):
+    names = ("silu_forward", "silu_backward", "conv1x1_forward", "conv2d_forward")
+    names += ("batchnorm_train_forward", "batchnorm_train_backward")
+    for name in names:
         monkeypatch.setattr(K, name, spy(name))
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(dtype)
     out, cache = L.silu_forward(x)
     L.silu_backward(out, cache)
     L.conv2d_forward(x, np.ones((5, 3, 1, 1), dtype))
     L.conv2d_forward(x, np.ones((5, 3, 3, 3), dtype), padding=1)
-    assert called == ["silu_forward", "silu_backward", "conv1x1_forward", "conv2d_forward"]
+    ones, zeros = np.ones(3, dtype), np.zeros(3, dtype)
+    out, cache = L.batchnorm2d_forward(x, ones, zeros, zeros.copy(), ones.copy(), training=True)
+    L.batchnorm2d_backward(out, cache)
+    assert called == list(names)
     called.clear()
-    L.silu_forward(x.astype(np.float16))  # not a kernel dtype: the NumPy formula
+    x16 = x.astype(np.float16)  # not a kernel dtype: the NumPy formulas
+    L.silu_forward(x16)
+    h16, z16 = np.ones(3, np.float16), np.zeros(3, np.float16)
+    L.batchnorm2d_forward(x16, h16, z16, z16.copy(), h16.copy(), training=True)
     assert called == []
 
 
@@ -173,12 +181,9 @@ def test_conv_kernels_with_either_product_size(
     )
     g = rng.standard_normal(out.shape)
     grads = (K.conv1x1_backward if k == 1 else K.conv2d_backward)(g, cache)
-    L.CONV_KERNEL, saved = "numpy", L.CONV_KERNEL
-    try:
+    with L.numpy_kernels():
         ref, ref_cache = L.conv2d_forward(x, w, None, stride, padding)
         ref_grads = L.conv2d_backward(g, ref_cache)
-    finally:
-        L.CONV_KERNEL = saved
     for label, a, c in zip(
         ("out", "dx", "dweight"), (out, *grads[:2]), (ref, *ref_grads[:2]), strict=True
     ):
