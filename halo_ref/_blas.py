@@ -2,7 +2,7 @@
 the one Numba's `np.dot` calls): read it, and set it.
 
 The Numba kernels call BLAS from inside Numba's threads. If BLAS may start threads of its own,
-each product is kept below OpenBLAS's threshold for doing so (m*n*k <= 2**18), which costs
+each product is kept below OpenBLAS's threshold for doing so (`ONE_THREAD_MNK`), which costs
 small, less efficient products; when BLAS is single-threaded (as `halo-ref train` sets it) the
 kernels use whole-image products instead. Linux only (the libraries are found through
 /proc/self/maps); elsewhere BLAS is assumed to be multi-threaded, the safe choice.
@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import functools
 
+# OpenBLAS runs a product of m*n*k multiply-adds on one thread up to 2**18 (and below 2**19)
+ONE_THREAD_MNK = 2**18
 _PREFIXES = ("openblas_", "scipy_openblas_")
 _SUFFIXES = ("", "64_")
 

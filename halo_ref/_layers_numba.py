@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._blas import ONE_THREAD_MNK as _MNK
 from ._blas import blas_threads
 from ._numba_math import _FASTMATH, _exp_into, run_dynamic
 
@@ -158,7 +159,6 @@ def silu_backward(dout, x, sig):
 
 
 # -- 1x1 convolution -------------------------------------------------------------------------
-_MNK = 2**18  # multiply-adds per BLAS call: OpenBLAS uses one thread up to 2**18 (and below 2**19)
 _PACK = 256  # pixels per product in the weight gradient, at least
 _GROUPS = 8  # partial sums of the weight gradient: fixed, so the sum order never changes
 _MIN_TASKS = 8  # tasks per 1x1 product at least: small batches are split into pixel chunks

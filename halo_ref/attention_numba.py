@@ -44,6 +44,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from ._blas import ONE_THREAD_MNK as _MNK
 from ._checks import HaloRefError
 from ._layers_numba import (
     batchnorm_train_backward,
@@ -104,7 +105,21 @@ def _add_patch(src, dst, y0, x0, size):
             row[start + k] += flat[i * run + k]
 
 
-_MNK = 2**18  # multiply-adds per BLAS call: OpenBLAS stays single-threaded up to here
+@njit(cache=True, inline="always")
+def _query_pixel(by, bx, p, bq):
+    """Pixel (iy, ix) of query p (row-major in its bq x bq block) of block (by, bx)."""
+    return by * bq + p // bq, bx * bq + p % bq
+
+
+@njit(cache=True, inline="always")
+def _table_rows(qh, qw, by, bx, p, bq, Wq, win):
+    """Query p of block (by, bx): its rows of the position logits (or of their gradients)
+    over the window's rows and columns; the query at (qy, qx) of its block reads table rows
+    k - q + win - 1, k < win. Slicing once lets the inner loops run on unit-stride rows."""
+    iy, ix = _query_pixel(by, bx, p, bq)
+    qy, qx = p // bq, p % bq
+    pix = iy * Wq + ix
+    return qh[pix, win - 1 - qy : 2 * win - 1 - qy], qw[pix, win - 1 - qx : 2 * win - 1 - qx]
 
 
 @njit(cache=True)
@@ -309,11 +324,7 @@ def _forward_kernel(
             A = attn[b, hd, n]  # Pq, Pw: logits first, probabilities in place
             np.dot(Q, K.T, A)  # content logits q . k
             for p in range(Pq):
-                # the query at (qy, qx) of its block reads table rows k - q + win - 1, k < win
-                qy, qx = p // bq, p % bq
-                pix = (by * bq + qy) * Wq + bx * bq + qx
-                h_row = qh[pix, win - 1 - qy : 2 * win - 1 - qy]
-                w_row = qw[pix, win - 1 - qx : 2 * win - 1 - qx]
+                h_row, w_row = _table_rows(qh, qw, by, bx, p, bq, Wq, win)
                 _logits_to_probs(A[p], h_row, w_row, madd, cs, bs, win, bits)
             np.dot(V.T, A.T, Ot)  # out^T = v^T @ A^T: d_v, Pq
             for c in range(d_v):
@@ -361,10 +372,7 @@ def _backward_kernel(
             np.dot(dO, V.T, dL)
             np.dot(A.T, dO, dV)
             for p in range(Pq):
-                qy, qx = p // bq, p % bq
-                pix = (by * bq + qy) * Wq + bx * bq + qx
-                h_seg = dqh[pix, win - 1 - qy : 2 * win - 1 - qy]
-                w_seg = dqw[pix, win - 1 - qx : 2 * win - 1 - qx]
+                h_seg, w_seg = _table_rows(dqh, dqw, by, bx, p, bq, Wq, win)
                 _logit_grads(A[p], dL[p], cs, pos_ratio, win, h_seg, w_seg)
             # content = q @ k^T (cs is already in dL)
             np.dot(dL, K, dQ)
@@ -436,23 +444,20 @@ def _forward_strip_kernel(
         bits = np.empty(Pw, np.int32)
         for by in range(nbh):
             for i in range(M):
-                Qr[i] = qpix[by * bq + (i % Pq) // bq, (i // Pq) * bq + i % bq]
+                Qr[i] = qpix[_query_pixel(by, i // Pq, i % Pq, bq)]
             np.dot(Qr, kpix[by * block : by * block + win].reshape(Ls, d_qk).T, S)
             for bx in range(nbw):
                 n = by * nbw + bx
                 _border_row(H, W, by * block - halo, bx * block - halo, win, mask, madd)
                 for p in range(Pq):
-                    qy, qx = p // bq, p % bq
-                    pix = (by * bq + qy) * Wq + bx * bq + qx
                     row = attn[b, hd, n, p]
                     _strip_window(S[bx * Pq + p], Wp, bx * block, win, row)
-                    h_row = qh[pix, win - 1 - qy : 2 * win - 1 - qy]
-                    w_row = qw[pix, win - 1 - qx : 2 * win - 1 - qx]
+                    h_row, w_row = _table_rows(qh, qw, by, bx, p, bq, Wq, win)
                     _logits_to_probs(row, h_row, w_row, madd, cs, bs, win, bits)
                     _window_to_strip(row, Wp, bx * block, win, Ar[bx * Pq + p])
             np.dot(Ar, vpix[by * block : by * block + win].reshape(Ls, d_v), Or)
             for i in range(M):
-                iy, ix = by * bq + (i % Pq) // bq, (i // Pq) * bq + i % bq
+                iy, ix = _query_pixel(by, i // Pq, i % Pq, bq)
                 for c in range(d_v):
                     out_map[b, hd * d_v + c, iy, ix] = Or[i, c]
                 Ar[i] = 0
@@ -489,19 +494,16 @@ def _backward_strip_kernel(
         dqw = np.zeros((Hq * Wq, R), dt)
         for by in range(nbh):
             for i in range(M):
-                iy, ix = by * bq + (i % Pq) // bq, (i // Pq) * bq + i % bq
+                iy, ix = _query_pixel(by, i // Pq, i % Pq, bq)
                 Qr[i] = qpix[iy, ix]
                 dOr[i] = dopix[iy, ix]
             np.dot(dOr, vpix[by * block : by * block + win].reshape(Ls, d_v).T, G)
             for bx in range(nbw):
                 n = by * nbw + bx
                 for p in range(Pq):
-                    qy, qx = p // bq, p % bq
-                    pix = (by * bq + qy) * Wq + bx * bq + qx
                     a_row = attn[b, hd, n, p]
                     _strip_window(G[bx * Pq + p], Wp, bx * block, win, g_row)
-                    h_seg = dqh[pix, win - 1 - qy : 2 * win - 1 - qy]
-                    w_seg = dqw[pix, win - 1 - qx : 2 * win - 1 - qx]
+                    h_seg, w_seg = _table_rows(dqh, dqw, by, bx, p, bq, Wq, win)
                     _logit_grads(a_row, g_row, cs, pos_ratio, win, h_seg, w_seg)
                     G[bx * Pq + p] = 0
                     _window_to_strip(g_row, Wp, bx * block, win, G[bx * Pq + p])
@@ -514,7 +516,7 @@ def _backward_strip_kernel(
             np.dot(Ar.T, dOr, tV)
             dvpix[by * block : by * block + win].reshape(Ls, d_v)[:] += tV
             for i in range(M):
-                dqpix[by * bq + (i % Pq) // bq, (i // Pq) * bq + i % bq] = dQr[i]
+                dqpix[_query_pixel(by, i // Pq, i % Pq, bq)] = dQr[i]
                 Ar[i] = 0
         dh, dw = dh_part[t], dw_part[t]
         _finish_grads(
