@@ -8,6 +8,8 @@ training step keeps both cores busy outside the attention too:
   (accumulated in float64, the variance from centred squares, so no cancellation) and one for
   the output, instead of NumPy's seven passes with a temporary each; the backward needs one
   pass for its two sums and one for dx.
+- the sum of a residual block's two branches (and of two gradients of one input): chunks of
+  the flattened arrays as tasks, so the other core does not wait while one adds.
 - SiLU: one pass, chunks of the flattened array as tasks, with the vectorisable exp of
   `halo_ref._numba_math` (NumPy's version walks the array four times).
 - 1x1 convolution: per image one (O, C) @ (C, pixels) product. When BLAS may start threads of
@@ -31,44 +33,69 @@ from numba import njit, prange
 
 from ._blas import ONE_THREAD_MNK as _MNK
 from ._blas import blas_threads
-from ._numba_math import _FASTMATH, _exp_into, run_dynamic
+from ._numba_math import _FASTMATH, run_dynamic, sigmoid_run
 
 
 # -- batch normalisation ---------------------------------------------------------------------
+# The elementwise loops run in x's dtype (a float64 operand would promote a float32 loop to
+# float64, which vectorises half as wide: measured 2.5x slower on 64x16x32x32); sums are taken
+# per image row in x's dtype and the rows added in float64.
+@njit(cache=True, inline="always")
+def _like(value, arr):
+    """`value` converted to arr's dtype."""
+    tmp = np.empty(1, arr.dtype)
+    tmp[0] = value
+    return tmp[0]
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _row_sums(a, b):
+    """(sum a, sum a * b) of two 1-D runs of one length, in their dtype."""
+    s, p = a[0], a[0] * b[0]
+    for i in range(1, a.shape[0]):
+        s += a[i]
+        p += a[i] * b[i]
+    return s, p
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd):
+def _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd, centred):
     B, C, L = x.shape
     n = B * L
     for c in prange(C):
         s = 0.0
         for b in range(B):
-            for i in range(L):
-                s += x[b, c, i]
-        m = s / n
-        ss = 0.0  # two-pass variance: no cancellation when |mean| >> std
+            s += _row_sums(x[b, c], x[b, c])[0]
+        m = _like(s / n, x)
+        ss = 0.0  # two-pass variance, from centred squares: no cancellation when |mean| >> std
+        d = centred[c]
         for b in range(B):
+            xs = x[b, c]
             for i in range(L):
-                d = x[b, c, i] - m
-                ss += d * d
+                d[i] = xs[i] - m
+            ss += _row_sums(d, d)[1]
         v = ss / n
-        r = 1.0 / np.sqrt(v + eps)
+        r = _like(1.0 / np.sqrt(v + eps), x)
         mean[c], var[c], invstd[c] = m, v, r
         w, sh = weight[c], bias[c]
         for b in range(B):
+            xs, xh, o = x[b, c], xhat[b, c], out[b, c]
             for i in range(L):
-                h = (x[b, c, i] - m) * r
-                xhat[b, c, i] = h
-                out[b, c, i] = h * w + sh
+                h = (xs[i] - m) * r
+                xh[i] = h
+                o[i] = h * w + sh
 
 
 def batchnorm_train_forward(x, weight, bias, eps):
-    """x: (B, C, L) contiguous; returns out, xhat (B, C, L), mean (C,), biased var (C,) (both
-    float64) and invstd (C,) in x's dtype."""
-    C = x.shape[1]
+    """x: (B, C, L) contiguous; returns out, xhat (B, C, L), mean (C,), biased var (C,) (in
+    float64, for the running variance) and invstd (C,)."""
+    C, L = x.shape[1:]
     out, xhat = np.empty_like(x), np.empty_like(x)
-    mean, var = np.empty(C, np.float64), np.empty(C, np.float64)
-    invstd = np.empty(C, x.dtype)
-    run_dynamic(_batchnorm_forward_kernel, x, weight, bias, eps, out, xhat, mean, var, invstd)
+    mean, var, invstd = np.empty(C, x.dtype), np.empty(C, np.float64), np.empty(C, x.dtype)
+    centred = np.empty((C, L), x.dtype)  # scratch: one image row per channel
+    run_dynamic(
+        _batchnorm_forward_kernel, x, weight, bias, eps, out, xhat, mean, var, invstd, centred
+    )
     return out, xhat, mean, var, invstd
 
 
@@ -80,16 +107,16 @@ def _batchnorm_backward_kernel(dout, xhat, weight, invstd, dx, dweight, dbias):
         sb = 0.0
         sw = 0.0
         for b in range(B):
-            for i in range(L):
-                g = dout[b, c, i]
-                sb += g
-                sw += g * xhat[b, c, i]
+            rb, rw = _row_sums(dout[b, c], xhat[b, c])
+            sb += rb
+            sw += rw
         dbias[c], dweight[c] = sb, sw
         k = weight[c] * invstd[c]
-        mb, mw = sb / n, sw / n
+        mb, mw = _like(sb / n, dout), _like(sw / n, dout)
         for b in range(B):
+            g, h, o = dout[b, c], xhat[b, c], dx[b, c]
             for i in range(L):
-                dx[b, c, i] = k * (dout[b, c, i] - mb - xhat[b, c, i] * mw)
+                o[i] = k * (g[i] - mb - h[i] * mw)
 
 
 def batchnorm_train_backward(dout, xhat, weight, invstd):
@@ -107,43 +134,42 @@ def batchnorm_train_backward(dout, xhat, weight, invstd):
 _CHUNK = 16384  # elements per task: 64 KB of float32, a few microseconds of work
 
 
+@njit(cache=True, inline="always")
+def _chunks(n):
+    """Tasks of an elementwise kernel over n values: chunks of _CHUNK."""
+    return (n + _CHUNK - 1) // _CHUNK
+
+
+@njit(cache=True, inline="always")
+def _chunk(t, n):
+    """Bounds [lo, hi) of task t's chunk."""
+    return t * _CHUNK, min(n, (t + 1) * _CHUNK)
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _silu_forward_kernel(x, one, out, sig):
-    # one: 1 in x's dtype; a literal 1 would turn float32 arithmetic into float64 (and the
-    # loops would no longer vectorise: measured 15x slower)
+def _silu_forward_kernel(x, out, sig):
     n = x.shape[0]
-    for t in prange((n + _CHUNK - 1) // _CHUNK):
-        lo = t * _CHUNK
-        hi = min(n, lo + _CHUNK)
+    for t in prange(_chunks(n)):
+        lo, hi = _chunk(t, n)
         # slices, not x[lo + i]: LLVM then vectorises the loops (measured 2.7x faster)
         xs, o, sg = x[lo:hi], out[lo:hi], sig[lo:hi]
-        neg = np.empty(hi - lo, x.dtype)
-        e = np.empty(hi - lo, x.dtype)
-        bits = np.empty(hi - lo, np.int32)
+        sigmoid_run(xs, sg, np.empty(hi - lo, np.int32))
         for i in range(hi - lo):
-            neg[i] = -np.abs(xs[i])
-        _exp_into(neg, e, bits)  # e = exp(-|x|) in [0, 1]: never overflows
-        for i in range(hi - lo):
-            xi, ei = xs[i], e[i]
-            s = (one if xi >= 0 else ei) / (one + ei)  # sigmoid(x), for either sign of x
-            sg[i] = s
-            o[i] = xi * s
+            o[i] = xs[i] * sg[i]
 
 
 def silu_forward(x):
     """SiLU x * sigmoid(x) of any contiguous array; returns out and sigmoid(x), shaped like x."""
     out, sig = np.empty_like(x), np.empty_like(x)
-    one = x.dtype.type(1)
-    run_dynamic(_silu_forward_kernel, x.reshape(-1), one, out.reshape(-1), sig.reshape(-1))
+    run_dynamic(_silu_forward_kernel, x.reshape(-1), out.reshape(-1), sig.reshape(-1))
     return out, sig
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _silu_backward_kernel(dout, x, sig, one, dx):
     n = x.shape[0]
-    for t in prange((n + _CHUNK - 1) // _CHUNK):
-        lo = t * _CHUNK
-        hi = min(n, lo + _CHUNK)
+    for t in prange(_chunks(n)):
+        lo, hi = _chunk(t, n)
         d, xs, ss, out = dout[lo:hi], x[lo:hi], sig[lo:hi], dx[lo:hi]
         for i in range(hi - lo):
             s = ss[i]
@@ -156,6 +182,24 @@ def silu_backward(dout, x, sig):
     flat = dout.reshape(-1), x.reshape(-1), sig.reshape(-1)
     run_dynamic(_silu_backward_kernel, *flat, x.dtype.type(1), dx.reshape(-1))
     return dx
+
+
+# -- the sum of two branches ------------------------------------------------------------------
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _add_kernel(a, b, out):
+    n = a.shape[0]
+    for t in prange(_chunks(n)):
+        lo, hi = _chunk(t, n)
+        x, y, o = a[lo:hi], b[lo:hi], out[lo:hi]
+        for i in range(hi - lo):
+            o[i] = x[i] + y[i]
+
+
+def add(a, b):
+    """a + b for two contiguous arrays of one shape and dtype, on Numba's threads."""
+    out = np.empty_like(a)
+    run_dynamic(_add_kernel, a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    return out
 
 
 # -- 1x1 convolution -------------------------------------------------------------------------
@@ -267,9 +311,13 @@ def conv1x1_forward(x, weight, bias=None, stride=1):
     x: (B, C, H, W); weight: (O, C, 1, 1); bias: (O,) or None; stride s keeps every s-th pixel.
     Returns out (B, O, H/s, W/s) and a cache for `conv1x1_backward`.
     """
-    xs = x[:, :, ::stride, ::stride] if stride > 1 else x
-    B, C, Ho, Wo = xs.shape
-    xs = np.ascontiguousarray(xs).reshape(B, C, Ho * Wo)  # B, C, pixels
+    B, C, H, W = x.shape
+    Ho, Wo = -(-H // stride), -(-W // stride)
+    if stride > 1:  # every s-th pixel: the column matrix of a 1x1 kernel with stride s
+        xs = np.empty((B, C, Ho * Wo), x.dtype)
+        run_dynamic(_im2col_kernel, np.ascontiguousarray(x), 1, stride, 0, xs)
+    else:
+        xs = np.ascontiguousarray(x).reshape(B, C, Ho * Wo)  # B, C, pixels
     w = np.ascontiguousarray(weight[:, :, 0, 0])
     out = np.empty((B, w.shape[0], Ho * Wo), x.dtype)
     _project(w, xs, out)
@@ -287,12 +335,10 @@ def conv1x1_backward(dout, cache):
     _project(np.ascontiguousarray(w.T), d2, dxs)
     dweight = _weight_grad(d2, xs)[:, :, None, None]
     dbias = d2.sum(axis=(0, 2)) if has_bias else None
-    dxs = dxs.reshape(B, -1, Ho, Wo)
-    if stride > 1:
-        dx = np.zeros(x_shape, dtype=dout.dtype)
-        dx[:, :, ::stride, ::stride] = dxs  # the skipped pixels did not reach the output
-    else:
-        dx = dxs
+    if stride == 1:
+        return dxs.reshape(x_shape), dweight, dbias
+    dx = np.empty(x_shape, dout.dtype)  # zero where the skipped pixels are
+    run_dynamic(_col2im_kernel, dxs, 1, stride, 0, dx)
     return dx, dweight, dbias
 
 

@@ -3,9 +3,13 @@ dynamic-scheduling runner.
 
 Numba compiles `np.exp` on a scalar to a call of the C library's `exp`/`expf` (no SIMD), and in
 halo attention's softmax and in SiLU that call costs more than everything around it.
-`_exp_into` computes a whole buffer at once and `softmax_row` a whole row of logits: float32
-with a short polynomial (within 4 ulp of the exact value), float64 with the exact `np.exp`
-(float64 paths must match the NumPy reference to 1e-12).
+`softmax_row` computes a whole row of logits and `sigmoid_run` a whole run of values: float32
+with a short polynomial for exp (`_exp_parts`, within 4 ulp of the exact value), float64 with
+the exact `np.exp` (float64 paths must match the NumPy reference to 1e-12).
+
+Editing this module: Numba's disk cache checks only the source file of each cached kernel, so
+kernels elsewhere that inline these helpers keep their old compiled code. Delete the cache
+(`find halo_ref -name "*.nb[ic]" -delete`) after a change here.
 """
 
 from __future__ import annotations
@@ -46,24 +50,7 @@ def _exp_parts(x):
     return np.float32(1.0) + r * p, (np.int32(k) + np.int32(127)) << np.int32(23)
 
 
-@njit(fastmath=_FASTMATH, cache=True)
-def _exp_f32(x, out, bits):
-    """out[i] = exp(x[i]) for float32 x <= 0 (shifted logits), relative error < 5e-7 (4 ulp);
-    0 for x <= -87 and -inf. bits: int32 scratch.
-
-    Two branch-free loops that LLVM vectorises: a polynomial for exp(r), then the 2^n factor
-    built from its exponent bits (an int32 buffer viewed as float32).
-    """
-    n = x.shape[0]
-    for i in range(n):
-        out[i], bits[i] = _exp_parts(max(x[i], _EXP_MIN))
-    two_n = bits.view(np.float32)
-    for i in range(n):
-        e = out[i] * two_n[i]
-        out[i] = e if x[i] > _EXP_MIN else np.float32(0.0)
-
-
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
 def _softmax_f32(row, bits):
     """In place: row = softmax(row) for a float32 row, -inf entries exactly 0; bits: int32
     scratch of the row's length. The max, exp(x - max) with its sum, and the scaling in four
@@ -105,18 +92,11 @@ def softmax_row(row, bits):
     raise NotImplementedError("only callable from jitted code")
 
 
-@overload(softmax_row, jit_options={"fastmath": _FASTMATH})
+@overload(softmax_row, jit_options={"fastmath": _FASTMATH}, inline="always")
 def _softmax_row_impl(row, bits):
     if row.dtype == types.float32:
         return lambda row, bits: _softmax_f32(row, bits)
     return lambda row, bits: _softmax_f64(row, bits)
-
-
-@njit(fastmath=_FASTMATH, cache=True)
-def _exp_f64(x, out, bits):
-    """out[i] = exp(x[i]) with the exact np.exp (float64 must match the reference to 1e-12)."""
-    for i in range(x.shape[0]):
-        out[i] = np.exp(x[i])
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -146,16 +126,43 @@ def _max_f64(x, scratch):
     return m
 
 
-def _exp_into(x, out, bits):
-    """out = exp(x) elementwise; compiled per dtype by the overload below."""
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _sigmoid_f32(x, sig, bits):
+    """sig = sigmoid(x) of a float32 run, from e = exp(-|x|) in [0, 1] (never overflows):
+    1 / (1 + e) for x >= 0, e / (1 + e) below; e is flushed to 0 for |x| >= 87 (where the
+    sigmoid is 0 or 1 to float32 precision). bits: int32 scratch. Two vectorised passes:
+    exp's polynomial (into sig) and its 2^n (into bits), then the quotient."""
+    n = x.shape[0]
+    for i in range(n):
+        sig[i], bits[i] = _exp_parts(max(-np.abs(x[i]), _EXP_MIN))
+    two_n = bits.view(np.float32)
+    one = np.float32(1.0)
+    for i in range(n):
+        xi = x[i]
+        e = sig[i] * two_n[i] if -np.abs(xi) > _EXP_MIN else np.float32(0.0)
+        sig[i] = (one if xi >= 0 else e) / (one + e)
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _sigmoid_f64(x, sig, bits):
+    """sig = sigmoid(x) of a float64 run with the exact np.exp, in the same stable form."""
+    for i in range(x.shape[0]):
+        e = np.exp(-np.abs(x[i]))
+        sig[i] = (1.0 if x[i] >= 0 else e) / (1.0 + e)
+
+
+def sigmoid_run(x, sig, bits):
+    """sig = sigmoid(x) elementwise over a 1-D run; bits: int32 scratch of the run's length.
+    Compiled per dtype by the overload below, inlined: called as a function with array slices
+    as arguments, the loops were measured 4x slower."""
     raise NotImplementedError("only callable from jitted code")
 
 
-@overload(_exp_into, jit_options={"fastmath": _FASTMATH})
-def _exp_into_impl(x, out, bits):
+@overload(sigmoid_run, jit_options={"fastmath": _FASTMATH}, inline="always")
+def _sigmoid_run_impl(x, sig, bits):
     if x.dtype == types.float32:
-        return lambda x, out, bits: _exp_f32(x, out, bits)
-    return lambda x, out, bits: _exp_f64(x, out, bits)
+        return lambda x, sig, bits: _sigmoid_f32(x, sig, bits)
+    return lambda x, sig, bits: _sigmoid_f64(x, sig, bits)
 
 
 def run_dynamic(kernel, *args):

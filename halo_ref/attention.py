@@ -39,6 +39,7 @@ from .blocking import (
 )
 from .init import as_generator, trunc_normal, uniform_fan_in
 from .layers import (
+    add,
     avgpool2x2_backward,
     avgpool2x2_forward,
     conv1x1_backward,
@@ -385,4 +386,4 @@ class HaloAttention(Module):
         if self.qkv_bias:
             g["q.bias"], g["kv.bias"] = dbq, dbkv
         self._grads = g
-        return dx_q + dx_kv
+        return add(dx_q, dx_kv)

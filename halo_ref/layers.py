@@ -30,13 +30,29 @@ def numpy_kernels():
     """Run a block with every layer's NumPy formula (the readable reference), whatever the
     kernel switches below say: results then depend on nothing but NumPy (not on Numba's
     threads, nor on how the Numba kernels cut their BLAS products)."""
-    global CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL
-    saved = CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL
-    CONV_KERNEL = SILU_KERNEL = BATCHNORM_KERNEL = "numpy"
+    global CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL, ADD_KERNEL
+    saved = CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL, ADD_KERNEL
+    CONV_KERNEL = SILU_KERNEL = BATCHNORM_KERNEL = ADD_KERNEL = "numpy"
     try:
         yield
     finally:
-        CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL = saved
+        CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL, ADD_KERNEL = saved
+
+
+# -- the sum of two branches --------------------------------------------------------------------
+# "numba": the parallel kernel of `halo_ref._layers_numba` (NumPy's add runs on one core while
+# the other waits); "numpy": a + b.
+ADD_KERNEL = "numba"
+
+
+def add(a, b):
+    """a + b for two arrays of one shape: where a residual block's two branches meet (forward)
+    and where two gradients of one input meet (backward). Returns a new array."""
+    if a.shape == b.shape and _use_numba(ADD_KERNEL, a, b):
+        from ._layers_numba import add as kernel
+
+        return kernel(np.ascontiguousarray(a), np.ascontiguousarray(b))
+    return a + b
 
 
 # -- 1x1 convolution ---------------------------------------------------------------------------

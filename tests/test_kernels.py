@@ -29,10 +29,11 @@ import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from numba import njit
 from strategies import core_cases, layer_cases
 
 from halo_ref import HaloAttention, HaloRefError, attention_numba
-from halo_ref._numba_math import _exp_f32, _max_f32
+from halo_ref._numba_math import _EXP_MIN, _exp_parts, _max_f32
 from halo_ref.attention import BACKENDS, halo_attention_backward, halo_attention_forward
 from halo_ref.attention_numba import halo_attention_backward_numba, halo_attention_forward_numba
 from halo_ref.testing import check_layer_gradients, compare
@@ -212,6 +213,17 @@ def test_numba_projections_match_layers_conv1x1(numba_warm, dtype, B, C, O, H, W
     expected = {"out": ref_out, "dx": ref_dx, "dw": ref_dw} | ({"db": ref_db} if bias else {})
     assert all(a.dtype == dtype for a in actual.values())
     assert_family_close(actual, expected, dtype)
+
+
+@njit
+def _exp_f32(x, out, bits):
+    """exp(x) as the softmax and the sigmoid compute it: `_exp_parts`, then the 2^n factor,
+    flushed to 0 at and below _EXP_MIN."""
+    for i in range(x.shape[0]):
+        out[i], bits[i] = _exp_parts(max(x[i], _EXP_MIN))
+    two_n = bits.view(np.float32)
+    for i in range(x.shape[0]):
+        out[i] = out[i] * two_n[i] if x[i] > _EXP_MIN else np.float32(0.0)
 
 
 def test_fast_exp_float32_accuracy_and_masking(numba_warm):

@@ -67,6 +67,16 @@ def test_silu_kernels_agree(numba_warm, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_kernel_agrees_with_numpy(numba_warm, dtype):
+    """Exactly: one rounding per element either way."""
+    rng = np.random.default_rng(4)
+    a, b = (rng.standard_normal((2, 3, 70, 301)).astype(dtype) for _ in range(2))
+    out = L.add(a, b)
+    assert out.dtype == dtype and np.array_equal(out, a + b)
+    assert out is not a and out is not b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stride, bias", [(1, False), (2, True)])
 def test_conv1x1_kernels_agree_through_conv2d(numba_warm, dtype, stride, bias):
     """conv2d_forward with a 1x1 kernel takes the Numba path by default; it equals the im2col
@@ -96,7 +106,7 @@ def _run_all(x3, w_conv, g3):
     out, xhat, mean, var, invstd = K.batchnorm_train_forward(x3, x3[0, :, 0], x3[0, :, 1], 1e-5)
     bn = (out, xhat, mean, var, invstd, *K.batchnorm_train_backward(g3, xhat, x3[0, :, 0], invstd))
     s_out, sig = K.silu_forward(x3)
-    silu = (s_out, sig, K.silu_backward(g3, x3, sig))
+    silu = (s_out, sig, K.silu_backward(g3, x3, sig), K.add(x3, g3))
     x4 = x3.reshape(x3.shape[0], x3.shape[1], 16, -1)
     c_out, cache = K.conv1x1_forward(x4, w_conv)
     conv = (c_out, *K.conv1x1_backward(c_out, cache)[:2])
@@ -139,7 +149,7 @@ def test_numba_kernels_are_the_default_for_float_inputs(monkeypatch, dtype):
         return record
 
     names = ("silu_forward", "silu_backward", "conv1x1_forward", "conv2d_forward")
-    names += ("batchnorm_train_forward", "batchnorm_train_backward")
+    names += ("batchnorm_train_forward", "batchnorm_train_backward", "add")
     for name in names:
         monkeypatch.setattr(K, name, spy(name))
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(dtype)
@@ -150,10 +160,13 @@ def test_numba_kernels_are_the_default_for_float_inputs(monkeypatch, dtype):
     ones, zeros = np.ones(3, dtype), np.zeros(3, dtype)
     out, cache = L.batchnorm2d_forward(x, ones, zeros, zeros.copy(), ones.copy(), training=True)
     L.batchnorm2d_backward(out, cache)
+    L.add(x, out)
     assert called == list(names)
     called.clear()
     x16 = x.astype(np.float16)  # not a kernel dtype: the NumPy formulas
     L.silu_forward(x16)
+    L.add(x16, x16)
+    L.add(x, x[:, :1])  # shapes that broadcast: NumPy
     h16, z16 = np.ones(3, np.float16), np.zeros(3, np.float16)
     L.batchnorm2d_forward(x16, h16, z16, z16.copy(), h16.copy(), training=True)
     assert called == []

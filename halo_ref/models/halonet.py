@@ -27,6 +27,7 @@ from .._checks import (
 )
 from ..attention import HaloAttention, make_divisible
 from ..init import as_generator
+from ..layers import add
 from ..module import Module
 from ..nn import ACTIVATIONS, BnAct, ConvBnAct, GlobalAvgPool, Linear, MaxPool2d, Sequential
 
@@ -241,7 +242,7 @@ class HaloBottleneck(Module):
         self._pads = (ph, pw, padded_out)
         y = self.post_attn.forward(y)
         y = self.conv3.forward(y)
-        y = y + (x if self.shortcut is None else self.shortcut.forward(x))
+        y = add(y, x if self.shortcut is None else self.shortcut.forward(x))
         return self.act.forward(y)
 
     def backward(self, dout):
@@ -259,7 +260,7 @@ class HaloBottleneck(Module):
         dy = self.attn.backward(dy)
         if ph or pw:  # adjoint of the padding: drop the padded pixels' gradient
             dy = dy[:, :, : dy.shape[2] - ph, : dy.shape[3] - pw]
-        return dx + self.conv1.backward(dy)
+        return add(dx, self.conv1.backward(dy))
 
 
 # -- the network -----------------------------------------------------------------------------
