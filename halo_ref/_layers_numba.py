@@ -22,8 +22,9 @@ training step keeps both cores busy outside the attention too:
 Determinism: a task's arithmetic never depends on which thread runs it, and every reduction
 across tasks is done afterwards in a fixed order, so results are bit-identical for any number of
 Numba threads (tested). The product sizes, and so the last bits, depend on whether BLAS is
-single-threaded. Tasks are handed out one at a time (`run_dynamic`): on a shared machine a
-descheduled thread then does not leave the other idle at the end of the region.
+single-threaded. Under Numba's OpenMP threading layer each thread runs an equal static share of
+a kernel's tasks (`set_parallel_chunksize` does not change that: measured, and the layer's
+source has a plain `omp for`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from numba import njit, prange
 
 from ._blas import ONE_THREAD_MNK as _MNK
 from ._blas import blas_threads
-from ._numba_math import _FASTMATH, run_dynamic, sigmoid_run
+from ._numba_math import _FASTMATH, sigmoid_run
 
 
 # -- batch normalisation ---------------------------------------------------------------------
@@ -93,9 +94,7 @@ def batchnorm_train_forward(x, weight, bias, eps):
     out, xhat = np.empty_like(x), np.empty_like(x)
     mean, var, invstd = np.empty(C, x.dtype), np.empty(C, np.float64), np.empty(C, x.dtype)
     centred = np.empty((C, L), x.dtype)  # scratch: one image row per channel
-    run_dynamic(
-        _batchnorm_forward_kernel, x, weight, bias, eps, out, xhat, mean, var, invstd, centred
-    )
+    _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd, centred)
     return out, xhat, mean, var, invstd
 
 
@@ -126,7 +125,7 @@ def batchnorm_train_backward(dout, xhat, weight, invstd):
     C = dout.shape[1]
     dx = np.empty_like(dout)
     dweight, dbias = np.empty(C, dout.dtype), np.empty(C, dout.dtype)
-    run_dynamic(_batchnorm_backward_kernel, dout, xhat, weight, invstd, dx, dweight, dbias)
+    _batchnorm_backward_kernel(dout, xhat, weight, invstd, dx, dweight, dbias)
     return dx, dweight, dbias
 
 
@@ -161,7 +160,7 @@ def _silu_forward_kernel(x, out, sig):
 def silu_forward(x):
     """SiLU x * sigmoid(x) of any contiguous array; returns out and sigmoid(x), shaped like x."""
     out, sig = np.empty_like(x), np.empty_like(x)
-    run_dynamic(_silu_forward_kernel, x.reshape(-1), out.reshape(-1), sig.reshape(-1))
+    _silu_forward_kernel(x.reshape(-1), out.reshape(-1), sig.reshape(-1))
     return out, sig
 
 
@@ -180,7 +179,7 @@ def silu_backward(dout, x, sig):
     """dx = dout * s * (1 + x * (1 - s)), s = sigmoid(x); contiguous arrays of one shape."""
     dx = np.empty_like(dout)
     flat = dout.reshape(-1), x.reshape(-1), sig.reshape(-1)
-    run_dynamic(_silu_backward_kernel, *flat, x.dtype.type(1), dx.reshape(-1))
+    _silu_backward_kernel(*flat, x.dtype.type(1), dx.reshape(-1))
     return dx
 
 
@@ -198,7 +197,7 @@ def _add_kernel(a, b, out):
 def add(a, b):
     """a + b for two contiguous arrays of one shape and dtype, on Numba's threads."""
     out = np.empty_like(a)
-    run_dynamic(_add_kernel, a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    _add_kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1))
     return out
 
 
@@ -295,13 +294,13 @@ def _project(w, x, out):
     chunk, rows = _pieces(w.shape[0], C, L, _product_limit(), 32)
     tasks = -(-_MIN_TASKS // B)  # chunks per image so that every thread has work, batch 1 too
     chunk = min(chunk, max(16, -(-L // tasks)))
-    run_dynamic(_project_kernel, w, x, out, chunk, rows)
+    _project_kernel(w, x, out, chunk, rows)
 
 
 def _weight_grad(dout, x):
     """sum over images of dout[b] @ x[b]^T: dout (B, O, L), x (B, C, L) -> (O, C)."""
     partial = np.empty((min(dout.shape[0], _GROUPS), dout.shape[1], x.shape[1]), dout.dtype)
-    run_dynamic(_weight_grad_kernel, dout, x, partial, _product_limit())
+    _weight_grad_kernel(dout, x, partial, _product_limit())
     return partial.sum(axis=0)  # fixed-order sum over the groups
 
 
@@ -315,7 +314,7 @@ def conv1x1_forward(x, weight, bias=None, stride=1):
     Ho, Wo = -(-H // stride), -(-W // stride)
     if stride > 1:  # every s-th pixel: the column matrix of a 1x1 kernel with stride s
         xs = np.empty((B, C, Ho * Wo), x.dtype)
-        run_dynamic(_im2col_kernel, np.ascontiguousarray(x), 1, stride, 0, xs)
+        _im2col_kernel(np.ascontiguousarray(x), 1, stride, 0, xs)
     else:
         xs = np.ascontiguousarray(x).reshape(B, C, Ho * Wo)  # B, C, pixels
     w = np.ascontiguousarray(weight[:, :, 0, 0])
@@ -338,7 +337,7 @@ def conv1x1_backward(dout, cache):
     if stride == 1:
         return dxs.reshape(x_shape), dweight, dbias
     dx = np.empty(x_shape, dout.dtype)  # zero where the skipped pixels are
-    run_dynamic(_col2im_kernel, dxs, 1, stride, 0, dx)
+    _col2im_kernel(dxs, 1, stride, 0, dx)
     return dx, dweight, dbias
 
 
@@ -392,7 +391,7 @@ def conv2d_forward(x, weight, bias, stride, padding):
     O, _, k, _ = weight.shape
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
     cols = np.empty((B, C * k * k, Ho * Wo), x.dtype)  # B, C*k*k, Ho*Wo
-    run_dynamic(_im2col_kernel, np.ascontiguousarray(x), k, stride, padding, cols)
+    _im2col_kernel(np.ascontiguousarray(x), k, stride, padding, cols)
     w2 = np.ascontiguousarray(weight.reshape(O, C * k * k))
     out = np.empty((B, O, Ho * Wo), x.dtype)
     _project(w2, cols, out)
@@ -412,5 +411,5 @@ def conv2d_backward(dout, cache):
     dweight = _weight_grad(d2, cols).reshape(weight.shape)
     dbias = d2.sum(axis=(0, 2)) if has_bias else None
     dx = np.empty(x_shape, dout.dtype)
-    run_dynamic(_col2im_kernel, dcols, k, stride, padding, dx)
+    _col2im_kernel(dcols, k, stride, padding, dx)
     return dx, dweight, dbias

@@ -1,5 +1,4 @@
-"""Shared by the Numba kernels: an exp and a softmax that LLVM can vectorise, and a
-dynamic-scheduling runner.
+"""Shared by the Numba kernels: an exp, a softmax and a sigmoid that LLVM can vectorise.
 
 Numba compiles `np.exp` on a scalar to a call of the C library's `exp`/`expf` (no SIMD), and in
 halo attention's softmax and in SiLU that call costs more than everything around it.
@@ -15,7 +14,7 @@ kernels elsewhere that inline these helpers keep their old compiled code. Delete
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, set_parallel_chunksize, types
+from numba import njit, types
 from numba.extending import overload
 
 # Never "nnan"/"ninf": masked logits are -inf and must stay -inf through max and exp.
@@ -163,15 +162,3 @@ def _sigmoid_run_impl(x, sig, bits):
     if x.dtype == types.float32:
         return lambda x, sig, bits: _sigmoid_f32(x, sig, bits)
     return lambda x, sig, bits: _sigmoid_f64(x, sig, bits)
-
-
-def run_dynamic(kernel, *args):
-    """Run a prange kernel handing out one task at a time instead of splitting the tasks into
-    equal static halves: on a shared machine one thread is often descheduled, and with static
-    halves the other would then sit idle at the end of the region. Which thread runs a task
-    does not change its result, so outputs stay bit-identical."""
-    previous = set_parallel_chunksize(1)
-    try:
-        kernel(*args)
-    finally:
-        set_parallel_chunksize(previous)

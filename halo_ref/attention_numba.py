@@ -4,8 +4,7 @@ The same maths as `halo_ref.attention.halo_attention_forward` / `halo_attention_
 readable NumPy version, which stays the oracle), computed block by block without ever building
 the (B, N, win*win, C) array of gathered windows:
 
-- each (image, head) pair is one task; `prange` hands the tasks to Numba's threads one at a
-  time (dynamic scheduling: on a shared machine a descheduled thread does not stall the rest);
+- each (image, head) pair is one task of a `prange` over Numba's threads;
 - a task first copies its head's q, k and v channel-last, k and v zero-padded by the halo (the
   zeros are border="zeros"' keys outside the image), so every block's window is a plain slice;
   then, block by block, it copies the window into small buffers, runs q.k, q against the
@@ -57,7 +56,7 @@ from ._layers_numba import (
 )
 from ._layers_numba import conv1x1_backward as conv1x1_backward_numba
 from ._layers_numba import conv1x1_forward as conv1x1_forward_numba
-from ._numba_math import _FASTMATH, run_dynamic, softmax_row
+from ._numba_math import _FASTMATH, softmax_row
 
 
 @njit(cache=True)
@@ -595,9 +594,7 @@ def halo_attention_forward_numba(
     attn = np.empty((B, num_heads, N, bq * bq, win * win), dt)  # B, heads, N, Pq, Pw
     args = (num_heads, block_size, halo_size, query_stride, dt.type(scale))
     kernel = _forward_strip_kernel if bq * bq <= _STRIP_PQ else _forward_kernel
-    run_dynamic(
-        kernel,
-        q_map, kv_map, height_rel, width_rel, *args, bool(scale_pos_embed), border == "mask",
+    kernel(q_map, kv_map, height_rel, width_rel, *args, bool(scale_pos_embed), border == "mask",
         out_map, attn,
     )  # fmt: skip
     cache = (q_map, kv_map, height_rel, width_rel, attn, args, bool(scale_pos_embed))
@@ -621,9 +618,7 @@ def halo_attention_backward_numba(dout_map, cache):
     dw_part = np.empty((B * num_heads, R, d_qk), dt)
     Pq = attn.shape[3]
     kernel = _backward_strip_kernel if Pq <= _STRIP_PQ else _backward_kernel
-    run_dynamic(
-        kernel,
-        dout_map, q_map, kv_map, height_rel, width_rel, attn, *args, scale_pos,
+    kernel(dout_map, q_map, kv_map, height_rel, width_rel, attn, *args, scale_pos,
         dq_map, dkv_map, dh_part, dw_part,
     )  # fmt: skip
     # fixed-order reduction over tasks: deterministic whatever the thread count
