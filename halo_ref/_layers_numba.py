@@ -50,6 +50,26 @@ def _like(value, arr):
 
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _row_sum(a):
+    """sum a of a 1-D run, in its dtype."""
+    s = a[0]
+    for i in range(1, a.shape[0]):
+        s += a[i]
+    return s
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _row_squares(a, m):
+    """sum (a - m)^2 of a 1-D run, in its dtype."""
+    d = a[0] - m
+    q = d * d
+    for i in range(1, a.shape[0]):
+        d = a[i] - m
+        q += d * d
+    return q
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
 def _row_sums(a, b):
     """(sum a, sum a * b) of two 1-D runs of one length, in their dtype."""
     s, p = a[0], a[0] * b[0]
@@ -60,21 +80,17 @@ def _row_sums(a, b):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd, centred):
+def _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd):
     B, C, L = x.shape
     n = B * L
     for c in prange(C):
         s = 0.0
         for b in range(B):
-            s += _row_sums(x[b, c], x[b, c])[0]
+            s += _row_sum(x[b, c])
         m = _like(s / n, x)
         ss = 0.0  # two-pass variance, from centred squares: no cancellation when |mean| >> std
-        d = centred[c]
         for b in range(B):
-            xs = x[b, c]
-            for i in range(L):
-                d[i] = xs[i] - m
-            ss += _row_sums(d, d)[1]
+            ss += _row_squares(x[b, c], m)
         v = ss / n
         r = _like(1.0 / np.sqrt(v + eps), x)
         mean[c], var[c], invstd[c] = m, v, r
@@ -90,11 +106,10 @@ def _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd
 def batchnorm_train_forward(x, weight, bias, eps):
     """x: (B, C, L) contiguous; returns out, xhat (B, C, L), mean (C,), biased var (C,) (in
     float64, for the running variance) and invstd (C,)."""
-    C, L = x.shape[1:]
+    C = x.shape[1]
     out, xhat = np.empty_like(x), np.empty_like(x)
     mean, var, invstd = np.empty(C, x.dtype), np.empty(C, np.float64), np.empty(C, x.dtype)
-    centred = np.empty((C, L), x.dtype)  # scratch: one image row per channel
-    _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd, centred)
+    _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd)
     return out, xhat, mean, var, invstd
 
 
