@@ -167,7 +167,7 @@ def _silu_forward_kernel(x, out, sig):
         lo, hi = _chunk(t, n)
         # slices, not x[lo + i]: LLVM then vectorises the loops (measured 2.7x faster)
         xs, o, sg = x[lo:hi], out[lo:hi], sig[lo:hi]
-        sigmoid_run(xs, sg, np.empty(hi - lo, np.int32))
+        sigmoid_run(xs, sg)
         for i in range(hi - lo):
             o[i] = xs[i] * sg[i]
 
@@ -239,6 +239,13 @@ def _pieces(O, C, L, mnk, chunk):
     return chunk, max(1, min(O, mnk // (C * chunk)))
 
 
+@njit(cache=True)
+def _image_chunk(t, n_chunks, chunk, L):
+    """(image, first pixel, end pixel) of task t when each image is cut into n_chunks chunks."""
+    lo = (t % n_chunks) * chunk
+    return t // n_chunks, lo, min(L, lo + chunk)
+
+
 @njit(parallel=True, cache=True)
 def _project_kernel(w, x, out, chunk, rows):
     """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L): one task per image and chunk
@@ -247,9 +254,7 @@ def _project_kernel(w, x, out, chunk, rows):
     O = w.shape[0]
     n_chunks = (L + chunk - 1) // chunk
     for t in prange(B * n_chunks):
-        b = t // n_chunks
-        lo = (t % n_chunks) * chunk
-        hi = min(L, lo + chunk)
+        b, lo, hi = _image_chunk(t, n_chunks, chunk, L)
         if hi - lo == L:  # whole image: every operand is a plain slice
             for o0 in range(0, O, rows):
                 o1 = min(O, o0 + rows)
@@ -352,6 +357,144 @@ def conv1x1_backward(dout, cache):
     if stride == 1:
         return dxs.reshape(x_shape), dweight, dbias
     dx = np.empty(x_shape, dout.dtype)  # zero where the skipped pixels are
+    _col2im_kernel(dxs, 1, stride, 0, dx)
+    return dx, dweight, dbias
+
+
+# -- 1x1 projections into pixel-major maps (halo attention's queries, keys and values) ------
+# The attention kernels read a head's channels pixel by pixel, so the projections write
+# (B, pixels, O) instead of (B, O, pixels): the same products with the operands transposed,
+# which BLAS takes without copies. The backward takes the gradient in that layout too.
+@njit(parallel=True, cache=True)
+def _to_pixels_kernel(w, x, out, chunk, rows):
+    """out[b, l, o] = sum_c w[o, c] x[b, c, l]: w (O, C), x (B, C, L), out (B, L, O). One task
+    per image and chunk of pixels; products of `rows` output channels."""
+    B, C, L = x.shape
+    O = w.shape[0]
+    n_chunks = (L + chunk - 1) // chunk
+    for t in prange(B * n_chunks):
+        b, lo, hi = _image_chunk(t, n_chunks, chunk, L)
+        if hi - lo == L:
+            xt = x[b].T  # pixels, C: a transposed view, which BLAS reads without a copy
+        else:
+            xt = np.ascontiguousarray(x[b, :, lo:hi]).T
+        if rows == O:
+            np.dot(xt, w.T, out[b, lo:hi])
+        else:  # BLAS may start threads: keep each product below its threshold
+            for o0 in range(0, O, rows):
+                o1 = min(O, o0 + rows)
+                piece = np.empty((hi - lo, o1 - o0), x.dtype)
+                np.dot(xt, w[o0:o1].T, piece)
+                out[b, lo:hi, o0:o1] = piece
+
+
+@njit(parallel=True, cache=True)
+def _from_pixels_kernel(wt, d, dx, rows, chunk):
+    """dx[b, c, l] = sum_o wt[c, o] d[b, l, o]: wt (C, O), d (B, L, O), dx (B, C, L). One task
+    per image and block of `rows` input channels; products over chunks of pixels."""
+    B, L, O = d.shape
+    C = wt.shape[0]
+    n_rows = (C + rows - 1) // rows
+    for t in prange(B * n_rows):
+        b = t // n_rows
+        c0 = (t % n_rows) * rows
+        c1 = min(C, c0 + rows)
+        if chunk >= L:
+            np.dot(wt[c0:c1], d[b].T, dx[b, c0:c1])
+        else:  # BLAS may start threads: keep each product below its threshold
+            for lo in range(0, L, chunk):
+                hi = min(L, lo + chunk)
+                piece = np.empty((c1 - c0, hi - lo), d.dtype)
+                np.dot(wt[c0:c1], d[b, lo:hi].T, piece)
+                dx[b, c0:c1, lo:hi] = piece
+
+
+@njit(parallel=True, cache=True)
+def _weight_grad_pixels_kernel(d, x, partial, mnk):
+    """partial[g] = sum over the images b of group g of d[b]^T @ x[b]^T, in increasing b:
+    d (B, L, O) pixel-major, x (B, C, L), partial (G, O, C). Group g holds the images
+    [g*B // G, (g+1)*B // G). Small maps are packed, several images per product (their
+    gradients are one contiguous block of rows; the inputs are copied side by side)."""
+    B, L, O = d.shape
+    C = x.shape[1]
+    G = partial.shape[0]
+    per = max(1, _PACK // L)  # images per product
+    for g in prange(G):
+        acc = partial[g]
+        acc[:] = 0
+        b0, b1 = g * B // G, (g + 1) * B // G
+        for i0 in range(b0, b1, per):
+            nb = min(per, b1 - i0)
+            K = nb * L
+            dg = d[i0 : i0 + nb].reshape(K, O)  # pixels of nb images, O
+            if nb == 1:
+                xg = x[i0]  # C, pixels: no copy
+            else:
+                xg = np.empty((C, K), x.dtype)
+                for j in range(nb):
+                    xg[:, j * L : (j + 1) * L] = x[i0 + j]
+            tmp = np.empty((O, C), x.dtype)
+            if O * C * K <= mnk:
+                np.dot(dg.T, xg.T, tmp)
+                acc += tmp
+            else:  # BLAS may start threads: sum over chunks of pixels (O * C > mnk: rows too)
+                chunk, rows = _pieces(O, C, K, mnk, 64)
+                for lo in range(0, K, chunk):
+                    hi = min(K, lo + chunk)
+                    xt = np.ascontiguousarray(xg[:, lo:hi]).T
+                    for o0 in range(0, O, rows):
+                        o1 = min(O, o0 + rows)
+                        np.dot(np.ascontiguousarray(dg[lo:hi, o0:o1]).T, xt, tmp[: o1 - o0])
+                        acc[o0:o1] += tmp[: o1 - o0]
+
+
+def conv1x1_to_pixels(x, weight, bias=None, stride=1):
+    """A 1x1 convolution whose output is pixel-major: out[b, i, j, o] = sum_c weight[o, c]
+    x[b, c, s*i, s*j] + bias[o].
+
+    x: (B, C, H, W); weight: (O, C) or (O, C, 1, 1); bias: (O,) or None. Returns out
+    (B, ceil(H/s), ceil(W/s), O) and a cache for `conv1x1_to_pixels_backward`.
+    """
+    B, C, H, W = x.shape
+    w = np.ascontiguousarray(weight.reshape(weight.shape[0], C))
+    O = w.shape[0]
+    Ho, Wo = -(-H // stride), -(-W // stride)
+    if stride > 1:  # every s-th pixel: the column matrix of a 1x1 kernel with stride s
+        xs = np.empty((B, C, Ho * Wo), x.dtype)
+        _im2col_kernel(np.ascontiguousarray(x), 1, stride, 0, xs)
+    else:
+        xs = np.ascontiguousarray(x).reshape(B, C, H * W)
+    L = Ho * Wo
+    out = np.empty((B, L, O), x.dtype)
+    chunk, rows = _pieces(O, C, L, _product_limit(), 32)
+    tasks = -(-_MIN_TASKS // B)  # chunks per image so that every thread has work, batch 1 too
+    chunk = min(chunk, max(16, -(-L // tasks)))
+    _to_pixels_kernel(w, xs, out, chunk, rows)
+    if bias is not None:
+        out += bias
+    return out.reshape(B, Ho, Wo, O), (xs, w, bias is not None, x.shape, stride)
+
+
+def conv1x1_to_pixels_backward(dout, cache):
+    """Gradients of `conv1x1_to_pixels`: dout (B, Ho, Wo, O) -> dx (B, C, H, W), dweight (O, C),
+    dbias (O,) or None."""
+    xs, w, has_bias, x_shape, stride = cache
+    B, C, L = xs.shape
+    O = w.shape[0]
+    d = np.ascontiguousarray(dout).reshape(B, L, O)
+    dxs = np.empty((B, C, L), d.dtype)
+    limit = _product_limit()
+    chunk, rows = _pieces(C, O, L, limit, 32)  # products (rows of C) x O x (chunk of pixels)
+    tasks = -(-_MIN_TASKS // B)  # row blocks per image so that every thread has work
+    rows = min(rows, max(8, -(-C // tasks)))
+    _from_pixels_kernel(np.ascontiguousarray(w.T), d, dxs, rows, chunk)
+    partial = np.empty((min(B, _GROUPS), O, C), d.dtype)
+    _weight_grad_pixels_kernel(d, xs, partial, limit)
+    dweight = partial.sum(axis=0)  # fixed-order sum over the groups
+    dbias = d.sum(axis=(0, 1)) if has_bias else None
+    if stride == 1:
+        return dxs.reshape(x_shape), dweight, dbias
+    dx = np.empty(x_shape, d.dtype)  # zero where the skipped pixels are
     _col2im_kernel(dxs, 1, stride, 0, dx)
     return dx, dweight, dbias
 

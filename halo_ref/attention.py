@@ -182,13 +182,6 @@ def _from_numba(name):
     return call
 
 
-# The layer's 1x1 projections per backend (same contract as halo_ref.layers.conv1x1_*): the
-# numba backend keeps all its work on Numba's threads (see halo_ref.attention_numba).
-PROJECTIONS = {
-    "numpy": (conv1x1_forward, conv1x1_backward),
-    "numba": (_from_numba("conv1x1_forward_numba"), _from_numba("conv1x1_backward_numba")),
-}
-
 # Backends: name -> (forward, backward) with the signatures above. "numpy" is the readable
 # reference (and the oracle); "numba" is the fused parallel kernel, the default of the layer.
 BACKENDS = {
@@ -197,6 +190,44 @@ BACKENDS = {
         _from_numba("halo_attention_forward_numba"),
         _from_numba("halo_attention_backward_numba"),
     ),
+}
+
+
+def _layer_forward(x, params, *, query_stride, **core_kwargs):
+    """The layer's projections and attention with the NumPy reference: x (B, dim, H, W) ->
+    out (B, heads*d_v, H/s, W/s) and a cache for `_layer_backward`."""
+    q_map, q_cache = conv1x1_forward(x, params["q.weight"], params.get("q.bias"), query_stride)
+    kv_map, kv_cache = conv1x1_forward(x, params["kv.weight"], params.get("kv.bias"))
+    rel = params["pos_embed.height_rel"], params["pos_embed.width_rel"]
+    out, attn_cache = halo_attention_forward(
+        q_map, kv_map, *rel, query_stride=query_stride, **core_kwargs
+    )
+    return out, (q_cache, kv_cache, attn_cache, "q.bias" in params)
+
+
+def _layer_backward(dout, cache):
+    """Gradients of `_layer_forward`: dx and the parameter gradients by timm's names."""
+    q_cache, kv_cache, attn_cache, has_bias = cache
+    dq_map, dkv_map, dh, dw = halo_attention_backward(dout, attn_cache)
+    dx_q, dwq, dbq = conv1x1_backward(dq_map, q_cache)
+    dx_kv, dwkv, dbkv = conv1x1_backward(dkv_map, kv_cache)
+    grads = {
+        "q.weight": dwq,
+        "kv.weight": dwkv,
+        "pos_embed.height_rel": dh,
+        "pos_embed.width_rel": dw,
+    }
+    if has_bias:
+        grads["q.bias"], grads["kv.bias"] = dbq, dbkv
+    return add(dx_q, dx_kv), grads
+
+
+# What the layer runs per backend: projections and attention together, (forward, backward).
+# The numba backend projects straight into the pixel-major maps its kernels read (see
+# halo_ref.attention_numba), so it is one unit, not a projection plus BACKENDS["numba"].
+LAYER_BACKENDS = {
+    "numpy": (_layer_forward, _layer_backward),
+    "numba": (_from_numba("halo_layer_forward_numba"), _from_numba("halo_layer_backward_numba")),
 }
 DEFAULT_BACKEND = "numba"
 
@@ -340,19 +371,15 @@ class HaloAttention(Module):
     def forward(self, x):
         """x: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride)."""
         owner = "HaloAttention.forward"
+        self._cache = None
         x = check_feature_map(x, "x", channels=self.dim, dtype=self.dtype, owner=owner)
         check_spatial(*x.shape[2:], block_size=self.block_size, stride=self.stride, owner=owner)
-        p = self._params
-        attn_forward, _ = BACKENDS[self.backend]
-        proj_forward, _ = PROJECTIONS[self.backend]
-        q_map, q_cache = proj_forward(x, p["q.weight"], p.get("q.bias"), self.query_stride)
-        kv_map, kv_cache = proj_forward(x, p["kv.weight"], p.get("kv.bias"))
-        rel = p["pos_embed.height_rel"], p["pos_embed.width_rel"]
-        out, attn_cache = attn_forward(q_map, kv_map, *rel, **self.core_kwargs())
+        layer_forward, _ = LAYER_BACKENDS[self.backend]
+        out, core_cache = layer_forward(x, self._params, **self.core_kwargs())
         pool_cache = None
         if self.pool:
             out, pool_cache = avgpool2x2_forward(out)
-        self._cache = (q_cache, kv_cache, attn_cache, pool_cache, x.shape)
+        self._cache = (core_cache, pool_cache, x.shape)
         return out
 
     def backward(self, dout):
@@ -360,7 +387,7 @@ class HaloAttention(Module):
         owner = "HaloAttention.backward"
         if self._cache is None:
             raise HaloRefError(f"{owner}: call forward before backward")
-        q_cache, kv_cache, attn_cache, pool_cache, x_shape = self._cache
+        core_cache, pool_cache, x_shape = self._cache
         expected = self.output_shape(x_shape)
         if not isinstance(dout, np.ndarray) or dout.shape != expected:
             got = dout.shape if isinstance(dout, np.ndarray) else type(dout).__name__
@@ -370,20 +397,8 @@ class HaloAttention(Module):
                 f"{owner}: dout has dtype {dout.dtype} but the layer is {self.dtype}; "
                 f"cast with dout.astype(np.{self.dtype})"
             )
-        _, attn_backward = BACKENDS[self.backend]
         if self.pool:
             dout = avgpool2x2_backward(dout, pool_cache)
-        dq_map, dkv_map, dh, dw = attn_backward(dout, attn_cache)
-        _, proj_backward = PROJECTIONS[self.backend]
-        dx_q, dwq, dbq = proj_backward(dq_map, q_cache)
-        dx_kv, dwkv, dbkv = proj_backward(dkv_map, kv_cache)
-        g = {
-            "q.weight": dwq,
-            "kv.weight": dwkv,
-            "pos_embed.height_rel": dh,
-            "pos_embed.width_rel": dw,
-        }
-        if self.qkv_bias:
-            g["q.bias"], g["kv.bias"] = dbq, dbkv
-        self._grads = g
-        return add(dx_q, dx_kv)
+        _, layer_backward = LAYER_BACKENDS[self.backend]
+        dx, self._grads = layer_backward(dout, core_cache)
+        return dx

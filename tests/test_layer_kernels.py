@@ -201,3 +201,47 @@ def test_conv_kernels_with_either_product_size(
         ("out", "dx", "dweight"), (out, *grads[:2]), (ref, *ref_grads[:2]), strict=True
     ):
         assert_close(a, c, rtol=RTOL[np.float64], name=label)
+
+
+@pytest.mark.parametrize("limit", [K._MNK, 2**62])  # BLAS multi-threaded; single-threaded
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "B, C, O, H, W, stride, bias",
+    [
+        (2, 3, 5, 4, 6, 1, True),  # one chunk, every operand whole
+        (2, 500, 600, 6, 11, 1, False),  # C*O > 2**18: the products split the outputs too
+        (3, 7, 9, 10, 6, 2, True),  # strided queries: the skipped pixels get zero gradient
+        (20, 6, 5, 4, 4, 1, False),  # 16-pixel maps: the weight gradient packs images
+        (1, 64, 96, 72, 72, 1, False),  # batch 1: pixel chunks as tasks; C*pixels > 2**18
+    ],
+)
+def test_pixel_major_projections_match_conv1x1(
+    numba_warm, monkeypatch, limit, dtype, B, C, O, H, W, stride, bias
+):
+    """conv1x1_to_pixels (halo attention's q/kv projections, written pixel-major) and its
+    backward equal the NumPy 1x1 convolution transposed, for either BLAS product size."""
+    monkeypatch.setattr(K, "_product_limit", lambda: limit)
+    rng = np.random.default_rng(B * C + O)
+    x = rng.standard_normal((B, C, H, W))
+    w = rng.standard_normal((O, C, 1, 1))
+    b = rng.standard_normal(O) if bias else None
+    out, cache = K.conv1x1_to_pixels(
+        x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype), stride
+    )
+    g = rng.standard_normal(out.shape)  # B, Ho, Wo, O
+    dx, dw, db = K.conv1x1_to_pixels_backward(g.astype(dtype), cache)
+    ref, ref_cache = L.conv1x1_forward(x, w, b, stride)
+    ref_dx, ref_dw, ref_db = L.conv1x1_backward(g.transpose(0, 3, 1, 2), ref_cache)
+    actual = {"out": out, "dx": dx, "dweight": dw, "dbias": db}
+    expected = {
+        "out": ref.transpose(0, 2, 3, 1),
+        "dx": ref_dx,
+        "dweight": ref_dw[:, :, 0, 0],
+        "dbias": ref_db,
+    }
+    for name, e in expected.items():
+        if e is None:
+            assert actual[name] is None
+            continue
+        assert actual[name].dtype == dtype and actual[name].shape == e.shape
+        assert_close(actual[name], e, rtol=RTOL[dtype], name=name)
