@@ -70,17 +70,18 @@ def _row_squares(a, m):
 
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _row_sums(a, b):
-    """(sum a, sum a * b) of two 1-D runs of one length, in their dtype."""
-    s, p = a[0], a[0] * b[0]
+def _row_sums(a, x, m, r):
+    """(sum a, sum a * xhat) of two 1-D runs of one length, in their dtype, where
+    xhat = (x - m) * r."""
+    s, p = a[0], a[0] * ((x[0] - m) * r)
     for i in range(1, a.shape[0]):
         s += a[i]
-        p += a[i] * b[i]
+        p += a[i] * ((x[i] - m) * r)
     return s, p
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd):
+def _batchnorm_forward_kernel(x, weight, bias, eps, out, mean, var, invstd):
     B, C, L = x.shape
     n = B * L
     for c in prange(C):
@@ -96,51 +97,52 @@ def _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd
         mean[c], var[c], invstd[c] = m, v, r
         w, sh = weight[c], bias[c]
         for b in range(B):
-            xs, xh, o = x[b, c], xhat[b, c], out[b, c]
+            xs, o = x[b, c], out[b, c]
             for i in range(L):
-                h = (xs[i] - m) * r
-                xh[i] = h
-                o[i] = h * w + sh
+                o[i] = ((xs[i] - m) * r) * w + sh
 
 
 def batchnorm_train_forward(x, weight, bias, eps):
-    """x: (B, C, L) contiguous; returns out, xhat (B, C, L), mean (C,), biased var (C,) (in
-    float64, for the running variance) and invstd (C,)."""
+    """x: (B, C, L) contiguous; returns out (B, C, L), mean (C,), biased var (C,) (in float64,
+    for the running variance) and invstd (C,). The normalised input is not kept: the backward
+    recomputes it from x (one array less written and read back: the step is memory-bound)."""
     C = x.shape[1]
-    out, xhat = np.empty_like(x), np.empty_like(x)
+    out = np.empty_like(x)
     mean, var, invstd = np.empty(C, x.dtype), np.empty(C, np.float64), np.empty(C, x.dtype)
-    _batchnorm_forward_kernel(x, weight, bias, eps, out, xhat, mean, var, invstd)
-    return out, xhat, mean, var, invstd
+    _batchnorm_forward_kernel(x, weight, bias, eps, out, mean, var, invstd)
+    return out, mean, var, invstd
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _batchnorm_backward_kernel(dout, xhat, weight, invstd, dx, dweight, dbias):
+def _batchnorm_backward_kernel(dout, x, mean, weight, invstd, dx, dweight, dbias):
     B, C, L = dout.shape
     n = B * L
     for c in prange(C):
+        m, r = mean[c], invstd[c]
         sb = 0.0
         sw = 0.0
         for b in range(B):
-            rb, rw = _row_sums(dout[b, c], xhat[b, c])
+            rb, rw = _row_sums(dout[b, c], x[b, c], m, r)
             sb += rb
             sw += rw
         dbias[c], dweight[c] = sb, sw
-        k = weight[c] * invstd[c]
+        k = weight[c] * r
         mb, mw = _like(sb / n, dout), _like(sw / n, dout)
         for b in range(B):
-            g, h, o = dout[b, c], xhat[b, c], dx[b, c]
+            g, xs, o = dout[b, c], x[b, c], dx[b, c]
             for i in range(L):
-                o[i] = k * (g[i] - mb - h[i] * mw)
+                o[i] = k * (g[i] - mb - ((xs[i] - m) * r) * mw)
 
 
-def batchnorm_train_backward(dout, xhat, weight, invstd):
-    """dout, xhat: (B, C, L) contiguous; returns dx (B, C, L), dweight (C,), dbias (C,).
+def batchnorm_train_backward(dout, x, mean, weight, invstd):
+    """dout, x: (B, C, L) contiguous; returns dx (B, C, L), dweight (C,), dbias (C,).
 
-    dx = weight * invstd * (dout - mean(dout) - xhat * mean(dout * xhat)), per channel."""
+    dx = weight * invstd * (dout - mean(dout) - xhat * mean(dout * xhat)) per channel, with
+    xhat = (x - mean) * invstd recomputed exactly as the forward computed it."""
     C = dout.shape[1]
     dx = np.empty_like(dout)
     dweight, dbias = np.empty(C, dout.dtype), np.empty(C, dout.dtype)
-    _batchnorm_backward_kernel(dout, xhat, weight, invstd, dx, dweight, dbias)
+    _batchnorm_backward_kernel(dout, x, mean, weight, invstd, dx, dweight, dbias)
     return dx, dweight, dbias
 
 
@@ -161,40 +163,42 @@ def _chunk(t, n):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _silu_forward_kernel(x, out, sig):
+def _silu_forward_kernel(x, out):
     n = x.shape[0]
     for t in prange(_chunks(n)):
         lo, hi = _chunk(t, n)
         # slices, not x[lo + i]: LLVM then vectorises the loops (measured 2.7x faster)
-        xs, o, sg = x[lo:hi], out[lo:hi], sig[lo:hi]
-        sigmoid_run(xs, sg)
+        xs, o = x[lo:hi], out[lo:hi]
+        sigmoid_run(xs, o)
         for i in range(hi - lo):
-            o[i] = xs[i] * sg[i]
+            o[i] = xs[i] * o[i]
 
 
 def silu_forward(x):
-    """SiLU x * sigmoid(x) of any contiguous array; returns out and sigmoid(x), shaped like x."""
-    out, sig = np.empty_like(x), np.empty_like(x)
-    _silu_forward_kernel(x.reshape(-1), out.reshape(-1), sig.reshape(-1))
-    return out, sig
+    """SiLU x * sigmoid(x) of any contiguous array, shaped like x. The sigmoid is not kept:
+    the backward recomputes it, which costs less than writing it here and reading it back
+    there (these layers are memory-bound)."""
+    out = np.empty_like(x)
+    _silu_forward_kernel(x.reshape(-1), out.reshape(-1))
+    return out
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _silu_backward_kernel(dout, x, sig, one, dx):
+def _silu_backward_kernel(dout, x, one, dx):
     n = x.shape[0]
     for t in prange(_chunks(n)):
         lo, hi = _chunk(t, n)
-        d, xs, ss, out = dout[lo:hi], x[lo:hi], sig[lo:hi], dx[lo:hi]
+        d, xs, out = dout[lo:hi], x[lo:hi], dx[lo:hi]
+        sigmoid_run(xs, out)  # s = sigmoid(x), in dx's own memory
         for i in range(hi - lo):
-            s = ss[i]
+            s = out[i]
             out[i] = d[i] * s * (one + xs[i] * (one - s))
 
 
-def silu_backward(dout, x, sig):
+def silu_backward(dout, x):
     """dx = dout * s * (1 + x * (1 - s)), s = sigmoid(x); contiguous arrays of one shape."""
     dx = np.empty_like(dout)
-    flat = dout.reshape(-1), x.reshape(-1), sig.reshape(-1)
-    _silu_backward_kernel(*flat, x.dtype.type(1), dx.reshape(-1))
+    _silu_backward_kernel(dout.reshape(-1), x.reshape(-1), x.dtype.type(1), dx.reshape(-1))
     return dx
 
 

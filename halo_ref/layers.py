@@ -229,13 +229,13 @@ def _batchnorm2d_train_numba(x, weight, bias, running_mean, running_var, momentu
 
     B, C, H, W = x.shape
     x3 = np.ascontiguousarray(x).reshape(B, C, H * W)
-    out, xhat, mean, var, invstd = batchnorm_train_forward(x3, weight, bias, eps)
+    out, mean, var, invstd = batchnorm_train_forward(x3, weight, bias, eps)
     n = B * H * W
     running_mean *= 1 - momentum
     running_mean += (momentum * mean).astype(running_mean.dtype)
     running_var *= 1 - momentum
     running_var += (momentum * var * (n / (n - 1))).astype(running_var.dtype)
-    return out.reshape(x.shape), (xhat.reshape(x.shape), invstd, weight, True)
+    return out.reshape(x.shape), (x3.reshape(x.shape), mean, invstd, weight, True)
 
 
 def batchnorm2d_forward(
@@ -247,7 +247,9 @@ def batchnorm2d_forward(
     Training: normalise with the batch mean and biased variance, and update the running
     statistics in place with PyTorch's convention running = (1 - momentum) * running +
     momentum * batch, using the unbiased variance (n / (n - 1)) for running_var.
-    Evaluation: normalise with the running statistics. Returns out (B, C, H, W) and a cache.
+    Evaluation: normalise with the running statistics. Returns out (B, C, H, W) and a cache,
+    which keeps x, not the normalised x: the backward recomputes it (x is needed anyway by
+    whoever computed it, and writing a second copy costs memory traffic).
     """
     C = x.shape[1]
     if training:
@@ -269,12 +271,15 @@ def batchnorm2d_forward(
         running_var *= 1 - momentum
         running_var += momentum * var * (n / (n - 1))
     else:
-        xc = x - running_mean[None, :, None, None]
-        var = running_var
+        mean, var = running_mean.copy(), running_var  # a copy: later updates must not reach it
     invstd = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
-    xhat = xc * invstd[None, :, None, None]
-    out = xhat * weight[None, :, None, None] + bias[None, :, None, None]
-    return out, (xhat, invstd, weight, training)
+    out = _normalised(x, mean, invstd) * weight[None, :, None, None] + bias[None, :, None, None]
+    return out, (x, mean, invstd, weight, training)
+
+
+def _normalised(x, mean, invstd):
+    """xhat = (x - mean) * invstd per channel of (B, C, H, W)."""
+    return (x - mean[None, :, None, None]) * invstd[None, :, None, None]
 
 
 def batchnorm2d_backward(dout, cache):
@@ -284,14 +289,16 @@ def batchnorm2d_backward(dout, cache):
     dx = invstd / n * (n * g - sum(g) - xhat * sum(g * xhat)) with g = dout * weight.
     In evaluation the statistics are constants and dx = dout * weight * invstd.
     """
-    xhat, invstd, weight, training = cache
-    if training and _use_numba(BATCHNORM_KERNEL, dout, xhat):
+    x, mean, invstd, weight, training = cache
+    if training and _use_numba(BATCHNORM_KERNEL, dout, x) and x.flags.c_contiguous:
         from ._layers_numba import batchnorm_train_backward
 
         B, C, H, W = dout.shape
         d3 = np.ascontiguousarray(dout).reshape(B, C, H * W)
-        dx, dweight, dbias = batchnorm_train_backward(d3, xhat.reshape(B, C, H * W), weight, invstd)
+        x3 = x.reshape(B, C, H * W)
+        dx, dweight, dbias = batchnorm_train_backward(d3, x3, mean, weight, invstd)
         return dx.reshape(B, C, H, W), dweight, dbias
+    xhat = _normalised(x, mean, invstd)
     dbias = dout.sum(axis=(0, 2, 3))
     dweight = np.einsum("bchw,bchw->c", dout, xhat)
     scale = (weight * invstd)[None, :, None, None]
@@ -327,22 +334,28 @@ def silu_forward(x):
         from ._layers_numba import silu_forward as kernel
 
         x = np.ascontiguousarray(x)
-        out, sig = kernel(x)
-        return out, (x, sig)
+        return kernel(x), x
+    return x * _sigmoid(x), x
+
+
+def _sigmoid(x):
+    """1 / (1 + exp(-x)), in place in one buffer instead of four temporaries."""
     sig = np.negative(x)
-    np.exp(sig, out=sig)  # in place: one buffer instead of four temporaries
+    np.exp(sig, out=sig)
     sig += 1
     np.reciprocal(sig, out=sig)
-    return x * sig, (x, sig)
+    return sig
 
 
 def silu_backward(dout, cache):
-    """d/dx x*s(x) = s(x) * (1 + x * (1 - s(x)))."""
-    x, sig = cache
+    """d/dx x*s(x) = s(x) * (1 + x * (1 - s(x))); the cache is x, and s(x) is recomputed (a
+    cheaper trade than storing it: these layers are bound by memory traffic, not arithmetic)."""
+    x = cache
     if _use_numba(SILU_KERNEL, dout, x) and dout.shape == x.shape:
         from ._layers_numba import silu_backward as kernel
 
-        return kernel(np.ascontiguousarray(dout), x, sig)
+        return kernel(np.ascontiguousarray(dout), x)
+    sig = _sigmoid(x)
     g = 1 - sig
     g *= x
     g += 1
