@@ -177,14 +177,22 @@ def test_numba_kernels_are_the_default_for_float_inputs(monkeypatch, dtype):
 
 @pytest.mark.parametrize("limit", [K._MNK, 2**62])  # BLAS multi-threaded; single-threaded
 @pytest.mark.parametrize(
-    "B, C, O, H, W, k, stride", [(3, 64, 24, 72, 72, 1, 1), (9, 7, 5, 6, 5, 3, 2)]
+    "B, C, O, H, W, k, stride",
+    [
+        (3, 64, 24, 72, 72, 1, 1),
+        (9, 7, 5, 6, 5, 3, 2),
+        (1, 16, 24, 40, 37, 3, 1),
+        (2, 3, 8, 9, 12, 7, 2),
+    ],
 )
 def test_conv_kernels_with_either_product_size(
     numba_warm, monkeypatch, limit, B, C, O, H, W, k, stride
 ):
     """Pieces below OpenBLAS's threading threshold (its default of several threads) and whole
     images (BLAS single-threaded, as in training) give the NumPy im2col result, float64; the
-    first shape has C * pixels > 2**18, so the pieces split the pixels."""
+    first shape has C * pixels > 2**18, so the pieces split the pixels; batches of 1 and 2
+    split the output rows into bands (tasks for every thread); a 7x7 kernel on a map smaller
+    than a few windows has outputs whose receptive field is mostly padding."""
     monkeypatch.setattr(K, "_product_limit", lambda: limit)
     rng = np.random.default_rng(B + k)
     x = rng.standard_normal((B, C, H, W))
