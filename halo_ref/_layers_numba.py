@@ -479,9 +479,24 @@ def conv1x1_to_pixels(x, weight, bias=None, stride=1):
     return out.reshape(B, Ho, Wo, O), (xs, w, bias is not None, x.shape, stride)
 
 
-def conv1x1_to_pixels_backward(dout, cache):
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _add_strided_kernel(dxs, stride, dx):
+    """dx[b, c, stride*oy, stride*ox] += dxs[b, c, oy*Wo + ox]: one task per image."""
+    B, C, H, W = dx.shape
+    Wo = -(-W // stride)
+    for b in prange(B):
+        for c in range(C):
+            src = dxs[b, c]
+            for q in range(src.shape[0]):
+                dx[b, c, stride * (q // Wo), stride * (q % Wo)] += src[q]
+
+
+def conv1x1_to_pixels_backward(dout, cache, add_into=None):
     """Gradients of `conv1x1_to_pixels`: dout (B, Ho, Wo, O) -> dx (B, C, H, W), dweight (O, C),
-    dbias (O,) or None."""
+    dbias (O,) or None. With `add_into` (a contiguous (B, C, H, W) array, say the gradient of
+    the same input through another projection), dx is added to it in place and it is returned
+    as dx: for a strided projection only the pixels it read are touched, instead of writing a
+    full-size gradient that is mostly zeros and adding it."""
     xs, w, has_bias, x_shape, stride = cache
     B, C, L = xs.shape
     O = w.shape[0]
@@ -496,6 +511,13 @@ def conv1x1_to_pixels_backward(dout, cache):
     _weight_grad_pixels_kernel(d, xs, partial, limit)
     dweight = partial.sum(axis=0)  # fixed-order sum over the groups
     dbias = d.sum(axis=(0, 1)) if has_bias else None
+    if add_into is not None:
+        if stride == 1:
+            flat = add_into.reshape(-1)
+            _add_kernel(flat, dxs.reshape(-1), flat)
+        else:
+            _add_strided_kernel(dxs, stride, add_into)
+        return add_into, dweight, dbias
     if stride == 1:
         return dxs.reshape(x_shape), dweight, dbias
     dx = np.empty(x_shape, d.dtype)  # zero where the skipped pixels are

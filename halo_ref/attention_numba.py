@@ -751,9 +751,8 @@ def halo_layer_backward_numba(dout, cache):
     else:
         dq, dkv = np.empty_like(q_src), np.empty_like(kv_src)
         dh, dw = halo_attention_backward_pixels(dout, attn_cache, dq, 0, dkv, 0)
-        dx_q, dwq, dbq = conv1x1_to_pixels_backward(dq, projs[0])
-        dx_kv, dwkv, dbkv = conv1x1_to_pixels_backward(dkv, projs[1])
-        dx = add(dx_q, dx_kv)
+        dx, dwkv, dbkv = conv1x1_to_pixels_backward(dkv, projs[1])
+        _, dwq, dbq = conv1x1_to_pixels_backward(dq, projs[0], add_into=dx)  # strided pixels
     grads = {
         "q.weight": np.ascontiguousarray(dwq)[:, :, None, None],
         "kv.weight": np.ascontiguousarray(dwkv)[:, :, None, None],
@@ -778,7 +777,8 @@ def warm_up(dtypes=(np.float32, np.float64)):
         out, cache = halo_attention_forward_numba(q, kv, rel, rel, **kwargs)  # one kernel pair
         halo_attention_backward_numba(out, cache)  # serves blocks and strips
         y, cache = conv1x1_to_pixels(kv, rng.standard_normal((3, 4)).astype(dt), None, 2)
-        conv1x1_to_pixels_backward(y, cache)
+        dx, _, _ = conv1x1_to_pixels_backward(y, cache)
+        conv1x1_to_pixels_backward(y, cache, add_into=dx)
         y, cache = conv1x1_forward_numba(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
         conv1x1_backward_numba(y, cache)
         x3 = np.ascontiguousarray(kv.reshape(1, 4, -1))

@@ -256,3 +256,8 @@ def test_pixel_major_projections_match_conv1x1(
             continue
         assert actual[name].dtype == dtype and actual[name].shape == e.shape
         assert_close(actual[name], e, rtol=RTOL[dtype], name=name)
+    # add_into: the gradient added in place to another one of x's shape (the layer adds the
+    # strided query projection's share to the key/value projection's); exact, one add each
+    base = rng.standard_normal(x.shape).astype(dtype)
+    into, dw2, _ = K.conv1x1_to_pixels_backward(g.astype(dtype), cache, add_into=base.copy())
+    assert np.array_equal(into, base + dx) and np.array_equal(dw2, dw)
