@@ -339,6 +339,7 @@ def plot_scaling(rows, path: Path):
         ax.legend()
     axes[0].set_title("halo: linear in H*W; dense oracle: quadratic")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

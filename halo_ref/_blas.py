@@ -10,6 +10,7 @@ kernels use whole-image products instead. Linux only (the libraries are found th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 
@@ -60,3 +61,21 @@ def set_blas_threads(n: int) -> bool:
     for _, put in _libraries():
         put(ctypes.c_int(n))
     return bool(_libraries())
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run a block with every loaded OpenBLAS single-threaded, then restore its thread count.
+
+    For kernels that call BLAS from inside Numba's threads: an OpenBLAS with threads of its own
+    would start them there too (more threads than cores; OpenBLAS also warns that it "may
+    hang"). Products of any size are then safe, with no need to keep them small."""
+    before = blas_threads()
+    if before == 1:
+        yield
+        return
+    set_blas_threads(1)
+    try:
+        yield
+    finally:
+        set_blas_threads(before)

@@ -62,6 +62,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from ._blas import one_blas_thread
 from ._checks import HaloRefError
 from ._layers_numba import (
     add,
@@ -189,7 +190,7 @@ def _map_to_lanes(src, b, c0, y0, x0, nrows, ncols, lanes):
 
 
 # -- position tables: one row per key row / key column, queries as lanes ------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _tables(qh, qw, by, bq, Wq, x0q, ncols, xoff, block, halo, win, H, W, mask, bs, Ht, WS):
     """The position logits of a tile's queries. Lane l = i*ncols + j is the query at (by*bq + i,
     x0q + j) of the query map, in the block s = (x0q + j) // bq, at (i, qx) inside it:
@@ -232,7 +233,7 @@ def _tables(qh, qw, by, bq, Wq, x0q, ncols, xoff, block, halo, win, H, W, mask, 
                     w[l] = -np.inf
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _table_grads(Hd, WSd, by, bq, Wq, x0q, ncols, xoff, block, win, ratio, dqh, dqw):
     """The adjoint of `_tables`: dqh[pix, ky - i + win - 1] = ratio * Hd[ky, l] and dqw from
     WSd over the lane's window. A query's table entries are distinct for distinct ky (kx), and
@@ -254,7 +255,9 @@ def _table_grads(Hd, WSd, by, bq, Wq, x0q, ncols, xoff, block, win, ratio, dqh, 
 # -- passes over a tile T (keys, lanes): key (ky, xp) is row ky*Wtab + xp ---------------------
 # Each loop writes a single array: LLVM vectorises a loop only after checking at run time that
 # the arrays it writes overlap none it reads, and gives up when there are many pairs to check.
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+# The tables and the passes are called, not inlined: each family calls them, and inlining
+# compiled them twice (15 s more of first-run compile time, no faster).
+@njit(fastmath=_FASTMATH, cache=True)
 def _logits(T, Ht, WS, cs, win):
     """In place: T = cs * (q . k) + Ht[ky] + WS[xp], row by row."""
     Wtab, L = WS.shape
@@ -267,7 +270,7 @@ def _logits(T, Ht, WS, cs, win):
                 t[l] = cs * t[l] + (h[l] + w[l])
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+@njit(fastmath=_FASTMATH, cache=True)
 def _softmax(T, mx, sm):
     """In place: the softmax of each lane (column) of T; -inf entries become exactly 0 (every
     lane has finite entries: the query's own block is inside its window and the image).
@@ -317,7 +320,7 @@ def _softmax(T, mx, sm):
             t[l] *= sm[l]
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+@njit(fastmath=_FASTMATH, cache=True)
 def _softmax_grad(A, G, cs, win, sm, Hd, WSd):
     """A: the weights; G = d weights, in place -> cs * d logits (softmax: d logits =
     A * (G - sum over keys of A * G)). Hd[ky], WSd[xp]: the sums of the result over each key
@@ -621,8 +624,9 @@ def halo_attention_forward_pixels(
     rh = np.ascontiguousarray(height_rel, dtype=dt)
     rw = np.ascontiguousarray(width_rel, dtype=dt)
     args = (num_heads, block_size, halo_size, query_stride, dt.type(scale), bool(scale_pos_embed))
-    _forward_kernel(q_src, q0, kv_src, kv0, rh, rw, *args, border == "mask", strips, out_map,
-                    attn)  # fmt: skip
+    with one_blas_thread():  # the tasks' products run inside Numba's threads
+        _forward_kernel(q_src, q0, kv_src, kv0, rh, rw, *args, border == "mask", strips,
+                        out_map, attn)  # fmt: skip
     return out_map, (q_src, q0, kv_src, kv0, rh, rw, attn, args, strips)
 
 
@@ -638,8 +642,9 @@ def halo_attention_backward_pixels(dout_map, cache, dq_dst, dq0, dkv_dst, dkv0):
     dh_part = np.empty((B * num_heads, R, d_qk), dt)
     dw_part = np.empty((B * num_heads, R, d_qk), dt)
     dout_map = np.ascontiguousarray(dout_map, dtype=dt)
-    _backward_kernel(dout_map, q_src, q0, kv_src, kv0, rh, rw, attn, *args, strips, dq_dst, dq0,
-                     dkv_dst, dkv0, dh_part, dw_part)  # fmt: skip
+    with one_blas_thread():
+        _backward_kernel(dout_map, q_src, q0, kv_src, kv0, rh, rw, attn, *args, strips, dq_dst,
+                         dq0, dkv_dst, dkv0, dh_part, dw_part)  # fmt: skip
     # fixed-order reduction over tasks: deterministic whatever the thread count
     return dh_part.sum(axis=0), dw_part.sum(axis=0)
 

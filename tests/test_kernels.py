@@ -281,3 +281,35 @@ def test_warm_up_compiles_every_kernel(numba_warm):
         [sys.executable, "-c", WARM_UP_CHECK], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_kernels_keep_multithreaded_blas_out_of_numbas_threads(numba_warm, monkeypatch):
+    """With OpenBLAS on several threads (a fresh install's default), the attention kernels run
+    with it single-threaded: their products are called from inside Numba's threads, where an
+    OpenBLAS with threads of its own would start more (oversubscribed cores; OpenBLAS can warn
+    that it "may hang"). The thread count is restored afterwards."""
+    from halo_ref._blas import blas_threads, set_blas_threads
+
+    seen = []
+
+    def spy(kernel):
+        def call(*args):
+            seen.append((kernel.__name__, blas_threads()))
+            return kernel(*args)
+
+        return call
+
+    for name in ("_forward_kernel", "_backward_kernel"):
+        monkeypatch.setattr(attention_numba, name, spy(getattr(attention_numba, name)))
+    before = blas_threads()
+    try:
+        if not set_blas_threads(2):
+            pytest.skip("no OpenBLAS whose thread count can be set was found")
+        layer = HaloAttention(16, 16, num_heads=2, block_size=4, halo_size=1, rng=0)
+        x = np.random.default_rng(0).standard_normal((2, 16, 8, 8)).astype(np.float32)
+        layer.backward(layer.forward(x))
+        after = blas_threads()
+    finally:
+        set_blas_threads(before)
+    assert seen == [("_forward_kernel", 1), ("_backward_kernel", 1)]
+    assert after == 2
