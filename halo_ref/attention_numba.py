@@ -19,6 +19,7 @@ query], so the logits pass is T = scale * q.k + Ht[ky] + WS[kx] row by row; the 
 "outside this query's window" are -inf entries of those tables.
 
 Two ways to cut the work (both exact, chosen by `_use_strips`):
+
 - blocks: one query block at a time; its keys and values are a win x win window copied out of
   the padded scratch, and the tile is (win*win, queries of the block);
 - strips: one block row at a time; every query of the row against every key of the strip of
