@@ -245,7 +245,8 @@ def _pieces(O, C, L, mnk, chunk):
 
 @njit(cache=True)
 def _image_chunk(t, n_chunks, chunk, L):
-    """(image, first pixel, end pixel) of task t when each image is cut into n_chunks chunks."""
+    """(image, start, end) of task t when each image's L pixels (or output rows) are cut into
+    n_chunks chunks of `chunk`."""
     lo = (t % n_chunks) * chunk
     return t // n_chunks, lo, min(L, lo + chunk)
 
@@ -312,13 +313,40 @@ def _weight_grad_kernel(dout, x, partial, mnk):
                     acc[o0:o1] += tmp[: o1 - o0]
 
 
+def _pixel_pieces(O, C, L, B):
+    """(pixel chunk, output rows) of the per-image products w (O, C) @ x[b] (C, L) of a batch
+    of B: products below BLAS's threshold, and chunks small enough that every thread has a
+    task, batch 1 too."""
+    chunk, rows = _pieces(O, C, L, _product_limit(), 32)
+    tasks = -(-_MIN_TASKS // B)  # chunks per image
+    return min(chunk, max(16, -(-L // tasks))), rows
+
+
 def _project(w, x, out):
     """out[b] = w @ x[b] on Numba's threads (see _project_kernel)."""
     B, C, L = x.shape
-    chunk, rows = _pieces(w.shape[0], C, L, _product_limit(), 32)
-    tasks = -(-_MIN_TASKS // B)  # chunks per image so that every thread has work, batch 1 too
-    chunk = min(chunk, max(16, -(-L // tasks)))
-    _project_kernel(w, x, out, chunk, rows)
+    _project_kernel(w, x, out, *_pixel_pieces(w.shape[0], C, L, B))
+
+
+def _strided_pixels(x, stride):
+    """The pixels a 1x1 convolution with this stride reads, (B, C, ceil(H/s) * ceil(W/s))."""
+    B, C, H, W = x.shape
+    if stride == 1:
+        return np.ascontiguousarray(x).reshape(B, C, H * W)
+    # every s-th pixel: the column matrix of a 1x1 kernel with stride s
+    xs = np.empty((B, C, -(-H // stride) * -(-W // stride)), x.dtype)
+    _im2col_kernel(np.ascontiguousarray(x), 1, stride, 0, xs)
+    return xs
+
+
+def _unstrided(dxs, x_shape, stride):
+    """The adjoint of `_strided_pixels`: dxs (B, C, pixels read) -> dx of x_shape, zero at
+    the pixels a strided convolution skips."""
+    if stride == 1:
+        return dxs.reshape(x_shape)
+    dx = np.empty(x_shape, dxs.dtype)
+    _col2im_kernel(dxs, 1, stride, 0, dx)
+    return dx
 
 
 def _weight_grad(dout, x):
@@ -336,11 +364,7 @@ def conv1x1_forward(x, weight, bias=None, stride=1):
     """
     B, C, H, W = x.shape
     Ho, Wo = -(-H // stride), -(-W // stride)
-    if stride > 1:  # every s-th pixel: the column matrix of a 1x1 kernel with stride s
-        xs = np.empty((B, C, Ho * Wo), x.dtype)
-        _im2col_kernel(np.ascontiguousarray(x), 1, stride, 0, xs)
-    else:
-        xs = np.ascontiguousarray(x).reshape(B, C, Ho * Wo)  # B, C, pixels
+    xs = _strided_pixels(x, stride)  # B, C, pixels
     w = np.ascontiguousarray(weight[:, :, 0, 0])
     out = np.empty((B, w.shape[0], Ho * Wo), x.dtype)
     _project(w, xs, out)
@@ -358,11 +382,7 @@ def conv1x1_backward(dout, cache):
     _project(np.ascontiguousarray(w.T), d2, dxs)
     dweight = _weight_grad(d2, xs)[:, :, None, None]
     dbias = d2.sum(axis=(0, 2)) if has_bias else None
-    if stride == 1:
-        return dxs.reshape(x_shape), dweight, dbias
-    dx = np.empty(x_shape, dout.dtype)  # zero where the skipped pixels are
-    _col2im_kernel(dxs, 1, stride, 0, dx)
-    return dx, dweight, dbias
+    return _unstrided(dxs, x_shape, stride), dweight, dbias
 
 
 # -- 1x1 projections into pixel-major maps (halo attention's queries, keys and values) ------
@@ -463,17 +483,10 @@ def conv1x1_to_pixels(x, weight, bias=None, stride=1):
     w = np.ascontiguousarray(weight.reshape(weight.shape[0], C))
     O = w.shape[0]
     Ho, Wo = -(-H // stride), -(-W // stride)
-    if stride > 1:  # every s-th pixel: the column matrix of a 1x1 kernel with stride s
-        xs = np.empty((B, C, Ho * Wo), x.dtype)
-        _im2col_kernel(np.ascontiguousarray(x), 1, stride, 0, xs)
-    else:
-        xs = np.ascontiguousarray(x).reshape(B, C, H * W)
+    xs = _strided_pixels(x, stride)  # B, C, pixels
     L = Ho * Wo
     out = np.empty((B, L, O), x.dtype)
-    chunk, rows = _pieces(O, C, L, _product_limit(), 32)
-    tasks = -(-_MIN_TASKS // B)  # chunks per image so that every thread has work, batch 1 too
-    chunk = min(chunk, max(16, -(-L // tasks)))
-    _to_pixels_kernel(w, xs, out, chunk, rows)
+    _to_pixels_kernel(w, xs, out, *_pixel_pieces(O, C, L, B))
     if bias is not None:
         out += bias
     return out.reshape(B, Ho, Wo, O), (xs, w, bias is not None, x.shape, stride)
@@ -518,11 +531,7 @@ def conv1x1_to_pixels_backward(dout, cache, add_into=None):
         else:
             _add_strided_kernel(dxs, stride, add_into)
         return add_into, dweight, dbias
-    if stride == 1:
-        return dxs.reshape(x_shape), dweight, dbias
-    dx = np.empty(x_shape, d.dtype)  # zero where the skipped pixels are
-    _col2im_kernel(dxs, 1, stride, 0, dx)
-    return dx, dweight, dbias
+    return _unstrided(dxs, x_shape, stride), dweight, dbias
 
 
 # -- k x k convolution -----------------------------------------------------------------------
@@ -598,9 +607,7 @@ def _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows):
     Wo = out.shape[2] // Ho
     n_bands = (Ho + band - 1) // band
     for t in prange(B * n_bands):
-        b = t // n_bands
-        oy0 = (t % n_bands) * band
-        oy1 = min(Ho, oy0 + band)
+        b, oy0, oy1 = _image_chunk(t, n_bands, band, Ho)
         n = (oy1 - oy0) * Wo
         cols = np.empty((CKK, n), x.dtype)
         _im2col_image(x[b], k, stride, padding, oy0, oy1, cols)

@@ -290,12 +290,12 @@ def batchnorm2d_backward(dout, cache):
     In evaluation the statistics are constants and dx = dout * weight * invstd.
     """
     x, mean, invstd, weight, training = cache
-    if training and _use_numba(BATCHNORM_KERNEL, dout, x) and x.flags.c_contiguous:
+    if training and _use_numba(BATCHNORM_KERNEL, dout, x):
         from ._layers_numba import batchnorm_train_backward
 
         B, C, H, W = dout.shape
         d3 = np.ascontiguousarray(dout).reshape(B, C, H * W)
-        x3 = x.reshape(B, C, H * W)
+        x3 = np.ascontiguousarray(x).reshape(B, C, H * W)
         dx, dweight, dbias = batchnorm_train_backward(d3, x3, mean, weight, invstd)
         return dx.reshape(B, C, H, W), dweight, dbias
     xhat = _normalised(x, mean, invstd)
