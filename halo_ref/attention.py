@@ -211,15 +211,22 @@ def _layer_backward(dout, cache):
     dq_map, dkv_map, dh, dw = halo_attention_backward(dout, attn_cache)
     dx_q, dwq, dbq = conv1x1_backward(dq_map, q_cache)
     dx_kv, dwkv, dbkv = conv1x1_backward(dkv_map, kv_cache)
+    return add(dx_q, dx_kv), _layer_grads(dwq, dwkv, dh, dw, (dbq, dbkv) if has_bias else None)
+
+
+def _layer_grads(dwq, dwkv, dh, dw, biases=None):
+    """The layer's parameter gradients by timm's names: dwq (heads*d_qk, dim, 1, 1), dwkv
+    (heads*(d_qk+d_v), dim, 1, 1), dh and dw (2*win - 1, d_qk), biases (dbq, dbkv) when the
+    layer has them. Both layer backends return this dict."""
     grads = {
         "q.weight": dwq,
         "kv.weight": dwkv,
         "pos_embed.height_rel": dh,
         "pos_embed.width_rel": dw,
     }
-    if has_bias:
-        grads["q.bias"], grads["kv.bias"] = dbq, dbkv
-    return add(dx_q, dx_kv), grads
+    if biases is not None:
+        grads["q.bias"], grads["kv.bias"] = biases
+    return grads
 
 
 # What the layer runs per backend: projections and attention together, (forward, backward).

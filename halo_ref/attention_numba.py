@@ -69,6 +69,8 @@ from ._layers_numba import (
     add,
     batchnorm_train_backward,
     batchnorm_train_forward,
+    conv1x1_backward,
+    conv1x1_forward,
     conv1x1_to_pixels,
     conv1x1_to_pixels_backward,
     conv2d_backward,
@@ -76,13 +78,10 @@ from ._layers_numba import (
     silu_backward,
     silu_forward,
 )
-from ._layers_numba import conv1x1_backward as conv1x1_backward_numba
-from ._layers_numba import conv1x1_forward as conv1x1_forward_numba
 from ._numba_math import _FASTMATH, copy_run, exp_nonpos
+from .attention import _layer_grads
 
 __all__ = [
-    "conv1x1_backward_numba",
-    "conv1x1_forward_numba",
     "halo_attention_backward_numba",
     "halo_attention_backward_pixels",
     "halo_attention_forward_numba",
@@ -339,20 +338,15 @@ def _softmax_grad(A, G, cs, win, sm, Hd, WSd):
         a, g = A[k], G[k]
         for l in range(L):
             g[l] = cs * (a[l] * (g[l] - sm[l]))
+    # one pass over G for both sums (each still adds its terms in key order)
+    Hd[:] = 0
+    WSd[:] = 0
     for ky in range(win):
         h = Hd[ky]
-        for l in range(L):
-            h[l] = 0
         for xp in range(Wtab):
-            g = G[ky * Wtab + xp]
+            g, w = G[ky * Wtab + xp], WSd[xp]
             for l in range(L):
                 h[l] += g[l]
-    for xp in range(Wtab):
-        w = WSd[xp]
-        for l in range(L):
-            w[l] = 0
-        for ky in range(win):
-            g = G[ky * Wtab + xp]
             for l in range(L):
                 w[l] += g[l]
 
@@ -759,15 +753,9 @@ def halo_layer_backward_numba(dout, cache):
         dh, dw = halo_attention_backward_pixels(dout, attn_cache, dq, 0, dkv, 0)
         dx, dwkv, dbkv = conv1x1_to_pixels_backward(dkv, projs[1])
         _, dwq, dbq = conv1x1_to_pixels_backward(dq, projs[0], add_into=dx)  # strided pixels
-    grads = {
-        "q.weight": np.ascontiguousarray(dwq)[:, :, None, None],
-        "kv.weight": np.ascontiguousarray(dwkv)[:, :, None, None],
-        "pos_embed.height_rel": dh,
-        "pos_embed.width_rel": dw,
-    }
-    if has_bias:
-        grads["q.bias"], grads["kv.bias"] = dbq, dbkv
-    return dx, grads
+    as_conv = (slice(None), slice(None), None, None)  # (O, C) -> (O, C, 1, 1)
+    dwq, dwkv = np.ascontiguousarray(dwq)[as_conv], np.ascontiguousarray(dwkv)[as_conv]
+    return dx, _layer_grads(dwq, dwkv, dh, dw, (dbq, dbkv) if has_bias else None)
 
 
 def warm_up(dtypes=(np.float32, np.float64)):
@@ -785,8 +773,8 @@ def warm_up(dtypes=(np.float32, np.float64)):
         y, cache = conv1x1_to_pixels(kv, rng.standard_normal((3, 4)).astype(dt), None, 2)
         dx, _, _ = conv1x1_to_pixels_backward(y, cache)
         conv1x1_to_pixels_backward(y, cache, add_into=dx)
-        y, cache = conv1x1_forward_numba(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
-        conv1x1_backward_numba(y, cache)
+        y, cache = conv1x1_forward(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
+        conv1x1_backward(y, cache)
         x3 = np.ascontiguousarray(kv.reshape(1, 4, -1))
         out, mean, _, invstd = batchnorm_train_forward(x3, x3[0, :, 0], x3[0, :, 1], 1e-5)
         batchnorm_train_backward(out, x3, mean, x3[0, :, 0], invstd)

@@ -181,39 +181,6 @@ def test_layer_bit_identical_across_thread_counts(numba_warm):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize(
-    "B, C, O, H, W, stride, bias",
-    [
-        (2, 3, 5, 4, 6, 1, True),  # one chunk, one row block
-        (2, 500, 300, 6, 11, 1, False),  # 66 pixels: partial last chunk; 8-row blocks of 300
-        (3, 7, 9, 10, 6, 2, True),  # strided queries: the skipped pixels get zero gradient
-        (20, 6, 5, 4, 4, 1, False),  # 16-pixel maps: weight gradient packs 2-3 images a product
-        (2, 64, 5, 72, 72, 1, False),  # C*pixels > 2**18: products over chunks of pixels
-    ],
-)
-def test_numba_projections_match_layers_conv1x1(numba_warm, dtype, B, C, O, H, W, stride, bias):
-    """The numba backend's chunked 1x1 projections equal halo_ref.layers.conv1x1_* (float64
-    reference; tolerances as in the module docstring: sums of up to 500 terms)."""
-    from halo_ref.attention_numba import conv1x1_backward_numba, conv1x1_forward_numba
-    from halo_ref.layers import conv1x1_backward, conv1x1_forward
-
-    rng = np.random.default_rng(B * C + O)
-    x = rng.standard_normal((B, C, H, W))
-    w = rng.standard_normal((O, C, 1, 1))
-    b = rng.standard_normal(O) if bias else None
-    cast_b = None if b is None else b.astype(dtype)
-    out, cache = conv1x1_forward_numba(x.astype(dtype), w.astype(dtype), cast_b, stride)
-    dout = rng.standard_normal(out.shape)
-    dx, dw, db = conv1x1_backward_numba(dout.astype(dtype), cache)
-    ref_out, ref_cache = conv1x1_forward(x, w, b, stride)
-    ref_dx, ref_dw, ref_db = conv1x1_backward(dout, ref_cache)
-    actual = {"out": out, "dx": dx, "dw": dw} | ({"db": db} if bias else {})
-    expected = {"out": ref_out, "dx": ref_dx, "dw": ref_dw} | ({"db": ref_db} if bias else {})
-    assert all(a.dtype == dtype for a in actual.values())
-    assert_family_close(actual, expected, dtype)
-
-
 @njit
 def _exp_nonpos_run(x, out):
     for i in range(x.shape[0]):

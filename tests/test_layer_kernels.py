@@ -214,50 +214,69 @@ def test_conv_kernels_with_either_product_size(
         assert_close(a, c, rtol=RTOL[np.float64], name=label)
 
 
+def _project_channels(x, w, b, stride, g):
+    """The network's 1x1 convolutions: K.conv1x1_forward and its backward, channel-first."""
+    out, cache = K.conv1x1_forward(x, w, b, stride)
+    return (out, *K.conv1x1_backward(g, cache))
+
+
+def _project_pixels(x, w, b, stride, g):
+    """Halo attention's q/kv projections: K.conv1x1_to_pixels (output (B, Ho, Wo, O)) and its
+    backward, turned back to halo_ref.layers' layouts (channel-first, weight (O, C, 1, 1))."""
+    out, cache = K.conv1x1_to_pixels(x, w, b, stride)
+    dx, dw, db = K.conv1x1_to_pixels_backward(g.transpose(0, 2, 3, 1), cache)
+    return out.transpose(0, 3, 1, 2), dx, dw[:, :, None, None], db
+
+
+@pytest.mark.parametrize("project", [_project_channels, _project_pixels])
 @pytest.mark.parametrize("limit", [K._MNK, 2**62])  # BLAS multi-threaded; single-threaded
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(
     "B, C, O, H, W, stride, bias",
     [
         (2, 3, 5, 4, 6, 1, True),  # one chunk, every operand whole
+        (2, 500, 300, 6, 11, 1, False),  # 66 pixels: partial last chunk; row blocks of 300
         (2, 500, 600, 6, 11, 1, False),  # C*O > 2**18: the products split the outputs too
         (3, 7, 9, 10, 6, 2, True),  # strided queries: the skipped pixels get zero gradient
         (20, 6, 5, 4, 4, 1, False),  # 16-pixel maps: the weight gradient packs images
+        (2, 64, 5, 72, 72, 1, False),  # C*pixels > 2**18: products over chunks of pixels
         (1, 64, 96, 72, 72, 1, False),  # batch 1: pixel chunks as tasks; C*pixels > 2**18
     ],
 )
-def test_pixel_major_projections_match_conv1x1(
-    numba_warm, monkeypatch, limit, dtype, B, C, O, H, W, stride, bias
+def test_1x1_projection_kernels_match_conv1x1(
+    numba_warm, monkeypatch, project, limit, dtype, B, C, O, H, W, stride, bias
 ):
-    """conv1x1_to_pixels (halo attention's q/kv projections, written pixel-major) and its
-    backward equal the NumPy 1x1 convolution transposed, for either BLAS product size."""
+    """Both layouts of the Numba 1x1 products and their backwards equal the NumPy
+    halo_ref.layers.conv1x1_* in float64, for either BLAS product size."""
     monkeypatch.setattr(K, "_product_limit", lambda: limit)
     rng = np.random.default_rng(B * C + O)
     x = rng.standard_normal((B, C, H, W))
     w = rng.standard_normal((O, C, 1, 1))
     b = rng.standard_normal(O) if bias else None
-    out, cache = K.conv1x1_to_pixels(
-        x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype), stride
-    )
-    g = rng.standard_normal(out.shape)  # B, Ho, Wo, O
-    dx, dw, db = K.conv1x1_to_pixels_backward(g.astype(dtype), cache)
     ref, ref_cache = L.conv1x1_forward(x, w, b, stride)
-    ref_dx, ref_dw, ref_db = L.conv1x1_backward(g.transpose(0, 3, 1, 2), ref_cache)
-    actual = {"out": out, "dx": dx, "dweight": dw, "dbias": db}
-    expected = {
-        "out": ref.transpose(0, 2, 3, 1),
-        "dx": ref_dx,
-        "dweight": ref_dw[:, :, 0, 0],
-        "dbias": ref_db,
-    }
+    g = rng.standard_normal(ref.shape)
+    names = ("out", "dx", "dweight", "dbias")
+    expected = dict(zip(names, (ref, *L.conv1x1_backward(g, ref_cache)), strict=True))
+    cast = [None if a is None else a.astype(dtype) for a in (x, w, b, g)]
+    actual = dict(zip(names, project(*cast[:3], stride, cast[3]), strict=True))
     for name, e in expected.items():
-        if e is None:
+        if not bias and name == "dbias":
             assert actual[name] is None
             continue
         assert actual[name].dtype == dtype and actual[name].shape == e.shape
         assert_close(actual[name], e, rtol=RTOL[dtype], name=name)
-    # add_into: the gradient added in place to another one of x's shape (the layer adds the
-    # strided query projection's share to the key/value projection's); exact, one add each
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pixel_projection_backward_adds_into(numba_warm, dtype, stride):
+    """add_into: the gradient is added in place to another one of x's shape (the layer adds the
+    strided query projection's share to the key/value projection's); exact, one add each."""
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((3, 7, 10, 6)).astype(dtype)
+    out, cache = K.conv1x1_to_pixels(x, rng.standard_normal((9, 7)).astype(dtype), None, stride)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw, _ = K.conv1x1_to_pixels_backward(g, cache)
     base = rng.standard_normal(x.shape).astype(dtype)
-    into, dw2, _ = K.conv1x1_to_pixels_backward(g.astype(dtype), cache, add_into=base.copy())
+    into, dw2, _ = K.conv1x1_to_pixels_backward(g, cache, add_into=base.copy())
     assert np.array_equal(into, base + dx) and np.array_equal(dw2, dw)
