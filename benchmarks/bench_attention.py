@@ -124,7 +124,7 @@ def build_layers(s: Shape, backends, timm_ok):
                 continue
             import torch
 
-            from halo_ref.timm_compat import timm_halo_attn_from
+            from halo_ref.verification.torch_side import timm_halo_attn_from
 
             module = timm_halo_attn_from(base)
 
@@ -195,7 +195,7 @@ def compile_times(threads):
     """First-call compile time and warm-cache start-up time, each in a fresh child process."""
     code = (
         "import time; t0 = time.perf_counter(); "
-        "from halo_ref.attention_numba import warm_up; s = warm_up(); "
+        "from halo_ref.attention.kernels import warm_up; s = warm_up(); "
         "print(s, time.perf_counter() - t0)"
     )
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -273,7 +273,7 @@ def run_scaling(sizes, repeats, timm_ok):
     import numpy as np
 
     from halo_ref.attention import BACKENDS
-    from halo_ref.reference import dense_halo_attention_backward, dense_halo_attention_forward
+    from halo_ref.attention.dense import dense_halo_attention_backward, dense_halo_attention_forward
 
     B, heads, d, block, halo = 1, 4, 16, 8, 3
     cores = {
@@ -373,7 +373,7 @@ def main(argv=None):
     try:
         import torch
 
-        from halo_ref.timm_compat import load_timm_halo_attn
+        from halo_ref.verification.torch_side import load_timm_halo_attn
 
         load_timm_halo_attn()
         torch.set_num_threads(args.threads)
@@ -393,7 +393,7 @@ def main(argv=None):
             compile_info["warm"]["process_s"],
         )
     )
-    from halo_ref.attention_numba import warm_up
+    from halo_ref.attention.kernels import warm_up
 
     warm_up()
     ceiling = matmul_ceiling(args.threads)

@@ -103,7 +103,7 @@ def timed_interleaved(fns, repeats, warmup, per_turn=3):
 # -- step mode -------------------------------------------------------------------------------
 def halo_ref_step(model, x, y, lr=0.01):
     """One SGD step in halo_ref; returns the loss."""
-    from halo_ref.layers import cross_entropy_backward, cross_entropy_forward
+    from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
 
     loss, cache = cross_entropy_forward(model.forward(x), y)
     model.backward(cross_entropy_backward(cache))

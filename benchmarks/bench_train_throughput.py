@@ -31,11 +31,11 @@ import numpy as np  # noqa: E402
 
 def make_runner(backend, args, images, labels, rng):
     """(step, infer) closures: one training step and one inference pass on one backend."""
-    from halo_ref.data.augment import augment
-    from halo_ref.layers import cross_entropy_backward, cross_entropy_forward
     from halo_ref.models import halonet
-    from halo_ref.optim import AdamW, clip_grad_norm
-    from halo_ref.train import Batcher
+    from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
+    from halo_ref.training.data.augment import augment
+    from halo_ref.training.loop import Batcher
+    from halo_ref.training.optim import AdamW, clip_grad_norm
 
     model = halonet(args.model, num_classes=10, in_chans=3, rng=0, backend=backend)
     batcher = Batcher(np.full(3, 120.0), np.full(3, 64.0), model.input_multiple, np.float32)
@@ -75,7 +75,7 @@ def main() -> None:
         p.error("--repeats must be >= 5: a median of fewer steps is noise on a shared machine")
     load_before = os.getloadavg()[0]
 
-    from halo_ref.train import set_threads
+    from halo_ref.training.loop import set_threads
 
     set_threads(args.threads)
     rng = np.random.default_rng(0)

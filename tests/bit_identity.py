@@ -69,33 +69,34 @@ DTYPES = (np.float32, np.float64)
 # -- the only part that depends on halo_ref's layout -------------------------------------------
 def _layer(dim, dim_out, kwargs, dtype, backend):
     """A seeded HaloAttention on `backend` ("numpy", "numba-blocks" or "numba-strips")."""
-    from halo_ref import HaloAttention, attention_numba
+    from halo_ref import HaloAttention
+    from halo_ref.attention import kernels as attention_numba
 
     attention_numba.FAMILY = backend.split("-")[1] if backend.startswith("numba") else None
     return HaloAttention(dim, dim_out, **kwargs, dtype=dtype, rng=7, backend=backend.split("-")[0])
 
 
 def _family_done():
-    from halo_ref import attention_numba
+    from halo_ref.attention import kernels as attention_numba
 
     attention_numba.FAMILY = None
 
 
 def _numpy_formulas():
     """A context in which every layer runs its NumPy formula."""
-    from halo_ref.layers import numpy_kernels
+    from halo_ref.nn.functional import numpy_kernels
 
     return numpy_kernels()
 
 
 def _loss():
-    from halo_ref.layers import cross_entropy_backward, cross_entropy_forward
+    from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
 
     return cross_entropy_forward, cross_entropy_backward
 
 
 def _train_digits(out):
-    from halo_ref.train import TrainConfig, load_checkpoint, train
+    from halo_ref.training.loop import TrainConfig, load_checkpoint, train
 
     train(TrainConfig(dataset="digits", epochs=1, out=out), log=lambda *a: None, progress=False)
     return load_checkpoint(os.path.join(out, "checkpoint.npz"))
@@ -122,7 +123,7 @@ def layer_results():
 
 def training_step_results():
     from halo_ref.models import halonet
-    from halo_ref.optim import AdamW, clip_grad_norm
+    from halo_ref.training.optim import AdamW, clip_grad_norm
 
     fwd, bwd = _loss()
     for dtype in DTYPES:

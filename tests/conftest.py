@@ -41,8 +41,8 @@ def torch():
 
 @pytest.fixture(scope="session")
 def timm_halo_attn(torch):
-    """timm's `halo_attn` module loaded in isolation (see halo_ref.timm_compat), or skip."""
-    from halo_ref.timm_compat import load_timm_halo_attn
+    """timm's `halo_attn` module loaded in isolation (see halo_ref.verification.torch_side), or skip."""
+    from halo_ref.verification.torch_side import load_timm_halo_attn
 
     try:
         return load_timm_halo_attn()
@@ -54,6 +54,6 @@ def timm_halo_attn(torch):
 def numba_warm():
     """Compile (or load from Numba's disk cache) the halo attention kernels once per session,
     so no single test, and no hypothesis example, carries the compile time."""
-    from halo_ref.attention_numba import warm_up
+    from halo_ref.attention.kernels import warm_up
 
     return warm_up()

@@ -149,7 +149,7 @@ def layer_cases(draw, borders=("zeros", "mask"), max_block=4):
     )
 
 
-# -- halo_ref.testing comparisons (tests/test_testing.py) --------------------------------------
+# -- halo_ref.verification.testing comparisons (tests/test_testing.py) --------------------------------------
 @dataclass(frozen=True)
 class PerturbedArray:
     """An expected array and a copy with one entry moved by `delta` (relative to max |expected|)."""
@@ -236,5 +236,5 @@ def feature_maps(draw, max_batch=3, max_ch=4, max_side=6, even=False):
 
 @st.composite
 def augment_cases(draw):
-    """(crop_pad, flip, seed) for halo_ref.data.augment: pads 0..3 on small 5x6 images."""
+    """(crop_pad, flip, seed) for halo_ref.training.data.augment: pads 0..3 on small 5x6 images."""
     return draw(st.integers(0, 3)), draw(st.booleans()), draw(st.integers(0, 2**32 - 1))

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from halo_ref.blocking import (
+from halo_ref.attention.blocking import (
     blocks_from_map,
     gather_windows,
     map_from_blocks,

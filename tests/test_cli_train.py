@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from test_data import http_folder, make_cifar_archive  # noqa: F401 (http_folder is a fixture)
 
-from halo_ref.cli import main
-from halo_ref.data import cifar10
-from halo_ref.train import load_checkpoint
+from halo_ref.cli.main import main
+from halo_ref.training.data import cifar10
+from halo_ref.training.loop import load_checkpoint
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,7 +29,7 @@ LAUNCHER = """
 import os, sys, time
 sys.path.insert(0, {tests!r})
 import test_train
-import halo_ref.train
+import halo_ref.training.loop
 
 pause = float(os.environ.get("STEP_PAUSE", "0"))
 
@@ -42,8 +42,8 @@ def factory(*args, **kwargs):
     model.forward = slow
     return model
 
-halo_ref.train.default_model_factory = factory
-from halo_ref.cli import main
+halo_ref.training.loop.default_model_factory = factory
+from halo_ref.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -24,9 +24,9 @@ from hypothesis import given
 from strategies import augment_cases
 
 from halo_ref import HaloRefError
-from halo_ref.data import cifar10, load_dataset, load_digits
-from halo_ref.data.augment import augment, channel_stats, normalise, pad_to_multiple
-from halo_ref.data.npz import load_npz
+from halo_ref.training.data import cifar10, load_dataset, load_digits
+from halo_ref.training.data.augment import augment, channel_stats, normalise, pad_to_multiple
+from halo_ref.training.data.npz import load_npz
 
 # -- the bundled digits ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from strategies import core_cases, layer_cases
 
 from halo_ref import HaloAttention
 from halo_ref.attention import halo_attention_backward, halo_attention_forward
-from halo_ref.testing import GradientCheckError, check_gradients, check_layer_gradients
+from halo_ref.verification.testing import GradientCheckError, check_gradients, check_layer_gradients
 
 
 @settings(max_examples=15)
@@ -18,7 +18,7 @@ def test_layer_gradients_match_finite_differences(case):
     layer = HaloAttention(
         case.dim, case.dim_out, dtype=np.float64, rng=case.seed, **case.layer_kwargs()
     )
-    # dx and every parameter along a random direction; rel. error <= 1e-7 (see halo_ref.testing)
+    # dx and every parameter along a random direction; rel. error <= 1e-7 (see halo_ref.verification.testing)
     errors = check_layer_gradients(layer, case.input(), rng=case.seed)
     assert set(errors) == {"x", *layer.params}
 
@@ -57,7 +57,7 @@ def test_checker_catches_a_wrong_parameter_gradient():
 
 
 def test_checker_catches_a_wrong_input_gradient(monkeypatch):
-    import halo_ref.attention as attention
+    import halo_ref.attention.core as attention
 
     # a softmax backward that forgets the "- sum(dp * p)" term
     monkeypatch.setattr(attention, "softmax_backward", lambda dp, p: p * dp)

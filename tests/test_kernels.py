@@ -1,4 +1,4 @@
-"""The Numba kernels (`halo_ref.attention_numba`) against the NumPy reference (the oracle).
+"""The Numba kernels (`halo_ref.attention.kernels`) against the NumPy reference (the oracle).
 
 Tolerances, all relative to the largest magnitude of the expected array (as testing.compare):
 - float64, 1e-12: the kernels do the same arithmetic in another order (blocked BLAS products,
@@ -32,11 +32,12 @@ from hypothesis import given, settings
 from numba import njit
 from strategies import core_cases, layer_cases
 
-from halo_ref import HaloAttention, HaloRefError, attention_numba
+from halo_ref import HaloAttention, HaloRefError
 from halo_ref._numba_math import exp_nonpos
 from halo_ref.attention import BACKENDS, halo_attention_backward, halo_attention_forward
-from halo_ref.attention_numba import halo_attention_backward_numba, halo_attention_forward_numba
-from halo_ref.testing import check_layer_gradients, compare
+from halo_ref.attention import kernels as attention_numba
+from halo_ref.attention.kernels import halo_attention_backward_numba, halo_attention_forward_numba
+from halo_ref.verification.testing import check_layer_gradients, compare
 
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}  # why: see the module docstring
 FLOOR = {np.float64: 1e-3, np.float32: 1.0}
@@ -213,7 +214,7 @@ def test_numba_is_the_default_and_numpy_selects_the_reference():
 
 
 def test_importing_halo_ref_does_not_import_numba_kernels():
-    code = "import sys, halo_ref; print('halo_ref.attention_numba' in sys.modules)"
+    code = "import sys, halo_ref; print('halo_ref.attention.kernels' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -228,7 +229,8 @@ def test_mixed_dtypes_give_a_one_line_error(numba_warm):
 
 
 WARM_UP_CHECK = """
-from halo_ref import _layers_numba, attention_numba
+from halo_ref.attention import kernels as attention_numba
+from halo_ref.nn import kernels as _layers_numba
 attention_numba.warm_up()
 kernels = [getattr(m, n) for m in (attention_numba, _layers_numba) for n in dir(m)
            if n.endswith("_kernel") and hasattr(getattr(m, n), "signatures")]

@@ -1,5 +1,5 @@
-"""The Numba kernels of the network's other layers (halo_ref._layers_numba: BatchNorm, SiLU,
-1x1 convolution) against the NumPy formulas of halo_ref.layers, and their determinism.
+"""The Numba kernels of the network's other layers (halo_ref.nn.kernels: BatchNorm, SiLU,
+1x1 convolution) against the NumPy formulas of halo_ref.nn.functional, and their determinism.
 
 The gradient checks of tests/test_layers.py run on both implementations; this module adds
 what finite differences cannot see: float32 accuracy at extreme inputs, agreement of the two
@@ -16,9 +16,9 @@ import numba
 import numpy as np
 import pytest
 
-from halo_ref import _layers_numba as K
-from halo_ref import layers as L
-from halo_ref.testing import assert_close
+from halo_ref.nn import functional as L
+from halo_ref.nn import kernels as K
+from halo_ref.verification.testing import assert_close
 
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}
 
@@ -222,7 +222,7 @@ def _project_channels(x, w, b, stride, g):
 
 def _project_pixels(x, w, b, stride, g):
     """Halo attention's q/kv projections: K.conv1x1_to_pixels (output (B, Ho, Wo, O)) and its
-    backward, turned back to halo_ref.layers' layouts (channel-first, weight (O, C, 1, 1))."""
+    backward, turned back to halo_ref.nn.functional' layouts (channel-first, weight (O, C, 1, 1))."""
     out, cache = K.conv1x1_to_pixels(x, w, b, stride)
     dx, dw, db = K.conv1x1_to_pixels_backward(g.transpose(0, 2, 3, 1), cache)
     return out.transpose(0, 3, 1, 2), dx, dw[:, :, None, None], db
@@ -247,7 +247,7 @@ def test_1x1_projection_kernels_match_conv1x1(
     numba_warm, monkeypatch, project, limit, dtype, B, C, O, H, W, stride, bias
 ):
     """Both layouts of the Numba 1x1 products and their backwards equal the NumPy
-    halo_ref.layers.conv1x1_* in float64, for either BLAS product size."""
+    halo_ref.nn.functional.conv1x1_* in float64, for either BLAS product size."""
     monkeypatch.setattr(K, "_product_limit", lambda: limit)
     rng = np.random.default_rng(B * C + O)
     x = rng.standard_normal((B, C, H, W))

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from strategies import conv_cases, feature_maps
 
 from halo_ref import HaloRefError
-from halo_ref import layers as L
 from halo_ref import nn as hnn
-from halo_ref.testing import (
+from halo_ref.nn import functional as L
+from halo_ref.verification.testing import (
     GradientCheckError,
     assert_close,
     check_gradients,
@@ -59,7 +59,7 @@ def check_pair(forward, backward, arrays, *, seed=0, grad_index=None):
 @contextlib.contextmanager
 def kernel(setting, name):
     """Run a block with one implementation of a layer: the Numba kernels or the NumPy formulas
-    (setting: the switch in halo_ref.layers, e.g. "SILU_KERNEL")."""
+    (setting: the switch in halo_ref.nn.functional, e.g. "SILU_KERNEL")."""
     saved = getattr(L, setting)
     setattr(L, setting, name)
     try:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from halo_ref import HaloRefError
-from halo_ref.layers import cross_entropy_backward, cross_entropy_forward
 from halo_ref.models import CONFIGS, NAMES, PAPER_TABLE, HaloNet, StageConfig, count_params, halonet
-from halo_ref.testing import assert_close, check_gradients
+from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
+from halo_ref.verification.testing import assert_close, check_gradients
 
 # Exact counts (1000 classes for h*, 10 for micro/tiny): any change to a configuration or a
 # layer's parameters shows up here, and must then be explained in docs/models.md.
@@ -242,7 +242,7 @@ def test_h_family_forward_at_paper_size(name, request):
 
 # -- the `halo-ref params` command -------------------------------------------------------------
 def test_params_command_prints_paper_and_halo_ref_counts(capsys):
-    from halo_ref.cli import main
+    from halo_ref.cli.main import main
 
     assert main(["params", "--models", "h0,h1,micro"]) == 0
     out = capsys.readouterr().out

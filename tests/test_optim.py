@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from halo_ref import HaloRefError
-from halo_ref.optim import SGD, AdamW, clip_grad_norm, cosine_lr, global_norm, make_optimizer
+from halo_ref.training.optim import (
+    SGD,
+    AdamW,
+    clip_grad_norm,
+    cosine_lr,
+    global_norm,
+    make_optimizer,
+)
 
 
 def _problem(seed=0):

@@ -9,13 +9,13 @@ from strategies import core_cases, layer_cases
 
 from halo_ref import HaloAttention
 from halo_ref.attention import halo_attention_backward, halo_attention_forward
-from halo_ref.layers import avgpool2x2_forward
-from halo_ref.reference import (
+from halo_ref.attention.dense import (
     dense_halo_attention_backward,
     dense_halo_attention_forward,
     halo_attention_loops,
     halo_neighbourhood,
 )
+from halo_ref.nn.functional import avgpool2x2_forward
 
 # Blocked and dense attention sum the same terms in different orders and groupings; in float64
 # that leaves relative differences of a few 1e-16 per operation. 1e-12 is the bound.

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from halo_ref.relpos import relative_indices, relpos_backward, relpos_forward
-from halo_ref.testing import check_gradients
+from halo_ref.attention.relpos import relative_indices, relpos_backward, relpos_forward
+from halo_ref.verification.testing import check_gradients
 
 shapes = st.tuples(
     st.integers(1, 4),  # block_q
@@ -63,5 +63,5 @@ def test_backward_matches_finite_differences(s):
     def loss():
         return float(np.sum(cot * relpos_forward(q, rh, rw, bq)[0]))
 
-    # relative error 1e-7: see halo_ref.testing for why this is far above float64 noise
+    # relative error 1e-7: see halo_ref.verification.testing for why this is far above float64 noise
     check_gradients(loss, {"q": q, "rh": rh, "rw": rw}, {"q": dq, "rh": drh, "rw": drw}, rng=seed)

@@ -1,4 +1,4 @@
-"""halo_ref.testing: the comparison report and the finite-difference checker of functional pairs."""
+"""halo_ref.verification.testing: the comparison report and the finite-difference checker of functional pairs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import pytest
 from hypothesis import given
 from strategies import perturbed_arrays
 
-from halo_ref.layers import conv1x1_backward, conv1x1_forward, softmax_backward, softmax_forward
-from halo_ref.testing import (
+from halo_ref.nn.functional import (
+    conv1x1_backward,
+    conv1x1_forward,
+    softmax_backward,
+    softmax_forward,
+)
+from halo_ref.verification.testing import (
     GradientCheckError,
     assert_close,
     check_forward_backward,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from halo_ref import HaloAttention
-from halo_ref.timm_compat import timm_halo_attn_from
+from halo_ref.verification.torch_side import timm_halo_attn_from
 
 pytestmark = pytest.mark.torch
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from test_models import perturb, reduced_config
 
-from halo_ref.layers import cross_entropy_backward, cross_entropy_forward
 from halo_ref.models import HaloNet, halonet
-from halo_ref.testing import assert_close
+from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
+from halo_ref.verification.testing import assert_close
 
 pytestmark = pytest.mark.torch
 

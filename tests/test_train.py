@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from halo_ref import HaloRefError
-from halo_ref.module import Module
-from halo_ref.testing import check_layer_gradients
-from halo_ref.train import (
+from halo_ref.nn.module import Module
+from halo_ref.training.loop import (
     TrainConfig,
     TrainingDiverged,
     evaluate_checkpoint,
     load_checkpoint,
     train,
 )
+from halo_ref.verification.testing import check_layer_gradients
 
 
 class StandIn(Module):
@@ -213,8 +213,8 @@ def test_sgd_with_nesterov_and_label_smoothing_also_train(tmp_path):
 def test_resume_is_bit_identical_with_the_micro_halonet_too(tmp_path):
     # the HaloNet has BatchNorm running statistics (buffers): they must survive a resume too
     pytest.importorskip("halo_ref.models")
-    from halo_ref.data import load_digits
-    from halo_ref.train import default_model_factory
+    from halo_ref.training.data import load_digits
+    from halo_ref.training.loop import default_model_factory
 
     d = load_digits()
     d.x_train, d.y_train, d.x_test, d.y_test = (

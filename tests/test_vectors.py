@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from halo_ref import HaloRefError
-from halo_ref.cli import main
-from halo_ref.reference import dense_halo_attention_forward
-from halo_ref.testing import check_gradients, relative_error
-from halo_ref.vectors import (
+from halo_ref.attention.dense import dense_halo_attention_forward
+from halo_ref.cli.main import main
+from halo_ref.verification.testing import check_gradients, relative_error
+from halo_ref.verification.vectors import (
     CONFIG_GRID,
     MANIFEST,
     MODEL_GRID,
@@ -133,7 +133,7 @@ def test_float32_copies_are_the_float64_truth_for_rounded_inputs():
 
 # -- the stored answers are right --------------------------------------------------------------
 def test_outputs_match_the_dense_oracle(vectors64):
-    from halo_ref.layers import avgpool2x2_forward, conv1x1_forward
+    from halo_ref.nn.functional import avgpool2x2_forward, conv1x1_forward
 
     for v in vectors64:
         if v.kind != "halo_attention":
@@ -173,7 +173,7 @@ def test_gradients_match_finite_differences(vectors64):
 
         grads = {"x": v.expected["dx"]}
         grads.update({k: v.expected["grad/" + k] for k in weights})
-        # central differences in float64, rel. error <= 1e-7 (see halo_ref.testing)
+        # central differences in float64, rel. error <= 1e-7 (see halo_ref.verification.testing)
         check_gradients(loss, {"x": x, **weights}, grads, rng=0)
 
 
@@ -183,7 +183,7 @@ def _config(v):
 
 @pytest.mark.parametrize("config", MODEL_GRID, ids=lambda c: c.name)
 def test_model_vector_gradients_match_finite_differences(vectors64, config):
-    from halo_ref.vectors import reference_model_result
+    from halo_ref.verification.vectors import reference_model_result
 
     (v,) = [v for v in vectors64 if v.name == config.name]
     x, weights = v.x.copy(), {k: w.copy() for k, w in v.weights.items()}

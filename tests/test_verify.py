@@ -1,4 +1,4 @@
-"""halo_ref.verify: the report, the exit criterion, timm, and detection of four planted bugs."""
+"""halo_ref.verification.verify: the report, the exit criterion, timm, and detection of four planted bugs."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from halo_ref import HaloRefError
-from halo_ref.cli import main
-from halo_ref.vectors import CONFIG_GRID, generate_vectors, write_vectors
-from halo_ref.verify import (
+from halo_ref.cli.main import main
+from halo_ref.verification.vectors import CONFIG_GRID, generate_vectors, write_vectors
+from halo_ref.verification.verify import (
     ERROR,
     FAIL,
     NOT_APPLICABLE,
@@ -127,7 +127,7 @@ def test_bad_adapter_names_give_one_line_errors():
     with pytest.raises(HaloRefError, match="cannot import"):
         resolve_adapter("no_such_module_xyz:run")
     with pytest.raises(HaloRefError, match="has no attribute"):
-        resolve_adapter("halo_ref.verify:no_such_thing")
+        resolve_adapter("halo_ref.verification.verify:no_such_thing")
     with pytest.raises(HaloRefError, match="not a planted bug"):
         resolve_adapter("torch:no_such_bug")
     with pytest.raises(HaloRefError, match="is unknown"):
@@ -158,7 +158,7 @@ def test_cli_exit_status_follows_the_report(tmp_path, capsys):
 # -- PyTorch: timm and the planted bugs --------------------------------------------------------
 @pytest.mark.torch
 def test_timm_passes_every_configuration_it_implements(timm_halo_attn, vectors):
-    from halo_ref.verify import timm_adapter
+    from halo_ref.verification.verify import timm_adapter
 
     report = verify(timm_adapter(), vectors)
     assert report.passed, report.render()
@@ -180,7 +180,7 @@ def test_cli_verify_against_timm_exits_zero(timm_halo_attn, capsys):
 
 @pytest.mark.torch
 def test_torch_example_passes_both_borders(torch, vectors64):
-    from halo_ref.verify import torch_adapter
+    from halo_ref.verification.verify import torch_adapter
 
     report = verify(torch_adapter(), vectors64)
     assert report.passed, report.render()
@@ -205,7 +205,7 @@ EXPECTED_FAILURES = {
 @pytest.mark.torch
 @pytest.mark.parametrize("bug", sorted(PLANTED_BUGS))
 def test_each_planted_bug_is_detected_and_pinpointed(torch, vectors, bug):
-    from halo_ref.verify import torch_adapter
+    from halo_ref.verification.verify import torch_adapter
 
     predicate, diagnosis = EXPECTED_FAILURES[bug]
     report = verify(torch_adapter(bug), vectors)

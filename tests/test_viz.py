@@ -18,9 +18,9 @@ import pytest  # noqa: E402
 from halo_ref import viz  # noqa: E402
 from halo_ref._checks import HaloRefError  # noqa: E402
 from halo_ref.attention import HaloAttention  # noqa: E402
-from halo_ref.blocking import gather_windows, window_inside_image  # noqa: E402
-from halo_ref.layers import conv1x1_forward  # noqa: E402
-from halo_ref.reference import dense_halo_attention_forward  # noqa: E402
+from halo_ref.attention.blocking import gather_windows, window_inside_image  # noqa: E402
+from halo_ref.attention.dense import dense_halo_attention_forward  # noqa: E402
+from halo_ref.nn.functional import conv1x1_forward  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 `torch_twin(model)` walks halo_ref's module tree and builds the matching `torch.nn` module for
 every node (Conv2d, BatchNorm2d, activations, pooling, Linear, the bottleneck block, and timm's
-`HaloAttn` for `HaloAttention`, loaded through `halo_ref.timm_compat`), then copies the
+`HaloAttn` for `HaloAttention`, loaded through `halo_ref.verification.torch_side`), then copies the
 state dict across. Because the child names are the same, the two state dicts have the same keys,
 so weights move both ways with `load_state_dict`. Used by tests/test_torch_twin.py and
 benchmarks/bench_model.py; it needs torch (and timm for the attention).
@@ -18,7 +18,7 @@ from torch import nn
 from halo_ref import nn as hnn
 from halo_ref.attention import HaloAttention
 from halo_ref.models.halonet import HaloBottleneck
-from halo_ref.timm_compat import timm_halo_attn_from
+from halo_ref.verification.torch_side import timm_halo_attn_from
 
 
 class TwinSequential(nn.Module):

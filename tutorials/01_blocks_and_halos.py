@@ -5,7 +5,7 @@
 Halo attention (paper, section 3.1 and figure 2) cuts an image into non-overlapping
 ``b x b`` *query blocks*. All queries of a block share one neighbourhood: the block grown by a
 *halo* of ``h`` pixels on every side, a ``(b + 2h) x (b + 2h)`` *window*. This tutorial cuts a
-picture into blocks, gathers the windows with :func:`halo_ref.blocking.gather_windows`, and
+picture into blocks, gathers the windows with :func:`halo_ref.attention.blocking.gather_windows`, and
 compares what one pixel attends to under per-pixel local attention, halo attention and global
 attention, and what each costs.
 
@@ -19,7 +19,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from halo_ref.blocking import blocks_from_map, gather_windows, map_from_blocks
+from halo_ref.attention.blocking import blocks_from_map, gather_windows, map_from_blocks
 from halo_ref.viz import draw_blocks, draw_neighbourhood, scene_image
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
@@ -40,9 +40,9 @@ print(f"image {H}x{W}: {H // b}x{W // b} = {(H // b) * (W // b)} blocks of {b}x{
 # %%
 # Cutting into blocks is a reshape
 # --------------------------------
-# :func:`~halo_ref.blocking.blocks_from_map` only reorders pixels: ``(B, C, H, W)`` becomes
+# :func:`~halo_ref.attention.blocking.blocks_from_map` only reorders pixels: ``(B, C, H, W)`` becomes
 # ``(B, N, b*b, C)`` with the ``N`` blocks in row-major order. It is a permutation, so
-# :func:`~halo_ref.blocking.map_from_blocks` undoes it exactly.
+# :func:`~halo_ref.attention.blocking.map_from_blocks` undoes it exactly.
 blocks = blocks_from_map(x, b)
 print("blocks:", blocks.shape)
 assert np.array_equal(map_from_blocks(blocks, H, W), x)  # a permutation: exact, no tolerance
@@ -50,7 +50,7 @@ assert np.array_equal(map_from_blocks(blocks, H, W), x)  # a permutation: exact,
 # %%
 # Gathering the halo windows
 # --------------------------
-# :func:`~halo_ref.blocking.gather_windows` pads the map with ``h`` zeros on every side and
+# :func:`~halo_ref.attention.blocking.gather_windows` pads the map with ``h`` zeros on every side and
 # copies out, for each block, the ``win x win`` patch that starts ``h`` pixels above and left of
 # it. Neighbouring windows overlap by ``2h`` pixels; windows of border blocks read the zero
 # padding (drawn grey below, black inside a gathered window).

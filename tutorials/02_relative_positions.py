@@ -13,7 +13,7 @@ learned table for row offsets and one for column offsets, each with ``2 win - 1`
 
 where ``(q_y, q_x)`` is the query's position in its block and ``(k_y, k_x)`` the key's position
 in the window. This tutorial builds the index arithmetic, draws the bias of one query over its
-window, and checks :func:`halo_ref.relpos.relpos_forward` against the formula.
+window, and checks :func:`halo_ref.attention.relpos.relpos_forward` against the formula.
 """
 
 # %%
@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from halo_ref.attention import HaloAttention
-from halo_ref.relpos import relative_indices, relpos_forward
+from halo_ref.attention.relpos import relative_indices, relpos_forward
 from halo_ref.viz import draw_position_bias
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
@@ -75,7 +75,7 @@ for qy, qx in [(0, 0), (1, 2), (3, 3)]:
 # %%
 # Checking the fast path against the formula
 # ------------------------------------------
-# :func:`~halo_ref.relpos.relpos_forward` computes ``q @ table.T`` once (one logit per offset)
+# :func:`~halo_ref.attention.relpos.relpos_forward` computes ``q @ table.T`` once (one logit per offset)
 # and then *picks* entries by index, instead of forming a ``win*win`` vector per query. We check
 # it against a loop over the definition with random queries and tables. Both sides add the same
 # two float64 dot products of length ``d``, only in a different order, so they agree to a few

@@ -5,7 +5,7 @@
 Blocked local attention is global attention restricted to a neighbourhood (paper, section 3.1).
 Write every query against *every* key of the zero-padded map, add ``-inf`` to the logits of keys
 outside the query's halo window, and the softmax gives exactly halo attention. halo_ref keeps
-that formulation as an independent oracle, :mod:`halo_ref.reference`, which knows nothing about
+that formulation as an independent oracle, :mod:`halo_ref.attention.dense`, which knows nothing about
 gathering windows. This tutorial draws the mask, shows the equality numerically, and compares
 the two ways of treating the image border.
 """
@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from halo_ref.attention import halo_attention_forward
-from halo_ref.reference import (
+from halo_ref.attention.dense import (
     dense_halo_attention_forward,
     halo_attention_loops,
     halo_neighbourhood,
@@ -29,7 +29,7 @@ QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
 # %%
 # The mask
 # --------
-# :func:`~halo_ref.reference.halo_neighbourhood` returns an additive mask of shape
+# :func:`~halo_ref.attention.dense.halo_neighbourhood` returns an additive mask of shape
 # ``(H W, (H + 2h)(W + 2h))``: queries are the pixels of the map in row-major order, keys the
 # pixels of the map zero-padded by ``h``. Entry ``(i, j)`` is 0 when key ``j`` lies in the window
 # of query ``i``'s block, ``-inf`` otherwise. We use a small ``8 x 8`` map with ``b = 4``,
@@ -43,7 +43,7 @@ print("mask:", mask.shape, f"- {np.isfinite(mask).mean():.1%} of the pairs are k
 # %%
 # In row-major order a block's queries are scattered over ``b`` separate runs of rows, so the
 # mask looks like a staircase of bands. Sorting the queries *by block* (what
-# :func:`~halo_ref.blocking.blocks_from_map` does) makes each block one run of ``b*b`` rows that
+# :func:`~halo_ref.attention.blocking.blocks_from_map` does) makes each block one run of ``b*b`` rows that
 # share one set of columns: halo attention is a *block-sparse* global attention, and only the
 # kept blocks need computing.
 qy, qx = np.divmod(np.arange(H * W), W)
@@ -71,8 +71,8 @@ fig.suptitle("Halo attention as a mask on global attention (bright = attended)")
 # -------------------------
 # Three implementations of the same function: the windowed core
 # :func:`~halo_ref.attention.halo_attention_forward`, the dense masked oracle
-# :func:`~halo_ref.reference.dense_halo_attention_forward`, and
-# :func:`~halo_ref.reference.halo_attention_loops`, written pixel by pixel from the definition.
+# :func:`~halo_ref.attention.dense.dense_halo_attention_forward`, and
+# :func:`~halo_ref.attention.dense.halo_attention_loops`, written pixel by pixel from the definition.
 # In float64 they sum the same terms in different orders, so they agree to rounding: relative
 # errors around ``1e-15``; we assert ``1e-12``, far below any real mistake.
 rng = np.random.default_rng(0)

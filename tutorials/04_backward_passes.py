@@ -4,7 +4,7 @@
 
 halo_ref has no autograd: every forward has a backward written by hand. This tutorial derives
 the three that make up halo attention (softmax, attention itself, relative position logits),
-checks each against float64 finite differences with :func:`halo_ref.testing.check_gradients`,
+checks each against float64 finite differences with :func:`halo_ref.verification.testing.check_gradients`,
 and then plants a bug to show what a failing check looks like. The full derivations, with every
 index, are on the *Derivations* page of the documentation.
 
@@ -19,11 +19,11 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-import halo_ref.attention as attention
+import halo_ref.attention.core as attention
 from halo_ref.attention import halo_attention_backward, halo_attention_forward
-from halo_ref.layers import softmax_backward, softmax_forward
-from halo_ref.relpos import relpos_backward, relpos_forward
-from halo_ref.testing import GradientCheckError, check_gradients
+from halo_ref.attention.relpos import relpos_backward, relpos_forward
+from halo_ref.nn.functional import softmax_backward, softmax_forward
+from halo_ref.verification.testing import GradientCheckError, check_gradients
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
 rng = np.random.default_rng(0)
@@ -68,7 +68,7 @@ print(f"softmax: relative error {errs['z']:.1e}")
 #     dQ = s \, dS \, K + dQ_{\mathrm{rel}}, \qquad dK = s \, dS^T Q, \qquad dB = dS.
 #
 # Windows overlap, so one pixel's key lands in several windows: the backward of the gather is
-# a scatter-*add* (:func:`~halo_ref.blocking.scatter_windows`). We check the whole core,
+# a scatter-*add* (:func:`~halo_ref.attention.blocking.scatter_windows`). We check the whole core,
 # :func:`~halo_ref.attention.halo_attention_backward`, with respect to all four inputs.
 b, h, heads, d_qk, d_v = 4, 2, 2, 3, 2
 H, W = 8, 12
@@ -102,7 +102,7 @@ for name, e in core_errors.items():
 # ------------------------
 # The forward computes ``T^H = q (r^H)^T`` (one logit per table row) and picks
 # ``B[p, k_y, k_x] = T^H[p, i^H(p, k_y)] + T^W[p, i^W(p, k_x)]`` with the index arrays of
-# :func:`~halo_ref.relpos.relative_indices`. Backwards, each part sees the sum over the other
+# :func:`~halo_ref.attention.relpos.relative_indices`. Backwards, each part sees the sum over the other
 # axis, the picks become scatters, and the products are ordinary matrix products:
 #
 # .. math::

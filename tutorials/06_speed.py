@@ -5,7 +5,7 @@
 Halo attention and masked global attention compute the same function (tutorial 3), but the
 dense form spends ``(H W)^2`` logits to get the ``H W (b + 2h)^2`` that survive the mask. This
 tutorial times one forward plus backward pass of three implementations of the same attention
-core on growing maps: the dense masked oracle (:mod:`halo_ref.reference`), the blocked NumPy
+core on growing maps: the dense masked oracle (:mod:`halo_ref.attention.dense`), the blocked NumPy
 reference (:func:`halo_ref.attention.halo_attention_forward`) and, when it is registered in
 :data:`halo_ref.attention.BACKENDS`, the Numba kernels. It plots the measured times next to the
 work each one must do.
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from halo_ref.attention import BACKENDS
-from halo_ref.reference import dense_halo_attention_backward, dense_halo_attention_forward
+from halo_ref.attention.dense import dense_halo_attention_backward, dense_halo_attention_forward
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
 

@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from halo_ref.attention import HaloAttention
-from halo_ref.data import load_digits
-from halo_ref.layers import cross_entropy_backward, cross_entropy_forward
 from halo_ref.models import count_params, halonet
+from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
+from halo_ref.training.data import load_digits
 from halo_ref.viz import draw_attention, plot_training_curves, query_attention
 
 # No quick setting here: the whole run takes seconds, and the attention maps at the end are

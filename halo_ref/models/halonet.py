@@ -26,10 +26,10 @@ from .._checks import (
     float_dtype,
 )
 from ..attention import HaloAttention, make_divisible
-from ..init import as_generator
-from ..layers import add
-from ..module import Module
-from ..nn import ACTIVATIONS, BnAct, ConvBnAct, GlobalAvgPool, Linear, MaxPool2d, Sequential
+from ..nn.functional import add
+from ..nn.init import as_generator
+from ..nn.layers import ACTIVATIONS, BnAct, ConvBnAct, GlobalAvgPool, Linear, MaxPool2d, Sequential
+from ..nn.module import Module
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._atomic import atomic_write
-from ._blas import set_blas_threads
-from ._checks import HaloRefError, read_npz
+from .._atomic import atomic_write
+from .._blas import set_blas_threads
+from .._checks import HaloRefError, read_npz
 from .data import Dataset, load_dataset
 from .data.augment import augment, channel_stats, normalise, pad_to_multiple
 from .optim import clip_grad_norm, cosine_lr, make_optimizer
@@ -181,7 +181,7 @@ def load_checkpoint(path: str) -> tuple[dict, dict, dict, np.ndarray]:
 def default_model_factory(name, *, num_classes, in_chans, dtype, rng):
     """Build a HaloNet from `halo_ref.models` by name."""
     try:
-        from .models import halonet
+        from ..models import halonet
     except ImportError as exc:
         raise HaloRefError(
             f"halo_ref.models is not available ({exc}); cannot build {name!r}"
@@ -191,7 +191,7 @@ def default_model_factory(name, *, num_classes, in_chans, dtype, rng):
 
 def default_loss():
     """The (forward, backward) pair of softmax cross-entropy from halo_ref.layers."""
-    from . import layers
+    from ..nn import functional as layers
 
     try:
         return layers.cross_entropy_forward, layers.cross_entropy_backward
@@ -282,7 +282,7 @@ def _plot_curves(path: str, history: list[dict], label_smoothing: float = 0.0) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .viz import plot_training_curves, save_figure
+    from ..viz import plot_training_curves, save_figure
 
     keys = ("epoch", "train_loss", "test_loss", "train_acc", "test_acc")
     curves = {k: [h[k] for h in history] for k in keys}
@@ -422,7 +422,7 @@ def train(
     if _uses_numba(model):
         # the first run compiles the kernels (tens of seconds): say so rather than look stuck
         log("preparing the Numba kernels (compiled on the first run, then cached on disk) ...")
-        from .attention_numba import warm_up
+        from ..attention.kernels import warm_up
 
         log(f"kernels ready in {warm_up(dtypes=(np.dtype(cfg.dtype),)):.1f} s")
     last_save = time.monotonic()

@@ -63,9 +63,10 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from ._blas import one_blas_thread
-from ._checks import HaloRefError
-from ._layers_numba import (
+from .._blas import one_blas_thread
+from .._checks import HaloRefError
+from .._numba_math import _FASTMATH, copy_run, exp_nonpos
+from ..nn.kernels import (
     add,
     batchnorm_train_backward,
     batchnorm_train_forward,
@@ -78,8 +79,7 @@ from ._layers_numba import (
     silu_backward,
     silu_forward,
 )
-from ._numba_math import _FASTMATH, copy_run, exp_nonpos
-from .attention import _layer_grads
+from .core import _layer_grads
 
 __all__ = [
     "halo_attention_backward_numba",

@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..vectors import MANIFEST, write_vectors
+    from ..verification.vectors import MANIFEST, write_vectors
 
     t0 = time.perf_counter()
     manifest = write_vectors(args.out, seed=args.seed)

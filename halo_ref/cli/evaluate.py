@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..data import DATASETS_HELP
+from ..training.data import DATASETS_HELP
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..train import evaluate_checkpoint
+    from ..training.loop import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint,

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from ._checks import HaloRefError
+from .._checks import HaloRefError
 
 
 def decays(name: str, param: np.ndarray) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._checks import HaloRefError
+from .._checks import HaloRefError
 from .testing import Comparison, compare
 from .vectors import DTYPES, GRAD_PREFIX, TOLERANCES, Vector, generate_vectors
 
@@ -364,7 +364,7 @@ def _timm_supports(config: dict) -> str | None:
 def timm_adapter() -> Adapter:
     """timm's `HaloAttn` (loaded in isolation by `halo_ref.timm_compat`): border="zeros" only."""
     torch = _torch()
-    from .timm_compat import load_timm_halo_attn
+    from .torch_side import load_timm_halo_attn
 
     try:
         halo_attn = load_timm_halo_attn()
@@ -396,13 +396,13 @@ def timm_adapter() -> Adapter:
 
 def halo_ref_adapter(backend: str = "numba") -> Adapter:
     """halo_ref itself with the given attention backend (checks a new backend, e.g. numba)."""
-    from .attention import BACKENDS
+    from ..attention import BACKENDS
 
     if backend not in BACKENDS:
         raise HaloRefError(f"backend={backend!r} is unknown; choose one of {sorted(BACKENDS)}")
 
     def run(config, x, weights, dout):
-        from .attention import HaloAttention
+        from ..attention import HaloAttention
 
         kw = {k: config[k] for k in _LAYER_KEYS}
         layer = HaloAttention(
@@ -414,8 +414,8 @@ def halo_ref_adapter(backend: str = "numba") -> Adapter:
         return out, dx, layer.grads
 
     def run_model(config, x, labels, weights):
-        from .layers import cross_entropy_backward, cross_entropy_forward
-        from .models import halonet
+        from ..models import halonet
+        from ..nn.functional import cross_entropy_backward, cross_entropy_forward
 
         model = halonet(
             config["model"],

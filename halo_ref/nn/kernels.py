@@ -32,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._blas import ONE_THREAD_MNK as _MNK
-from ._blas import blas_threads
-from ._numba_math import _FASTMATH, sigmoid_run
+from .._blas import ONE_THREAD_MNK as _MNK
+from .._blas import blas_threads
+from .._numba_math import _FASTMATH, sigmoid_run
 
 
 # -- batch normalisation ---------------------------------------------------------------------

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import layers as L
-from ._checks import HaloRefError, check_positive_int, float_dtype
+from .._checks import HaloRefError, check_positive_int, float_dtype
+from . import functional as L
 from .init import as_generator, trunc_normal, uniform_fan_in
 from .module import Module
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_write
-from ._checks import HaloRefError, check_positive_int
+from .._atomic import atomic_write
+from .._checks import HaloRefError, check_positive_int
 
 FORMAT_VERSION = 1
 DTYPES = ("float64", "float32")
@@ -283,7 +283,7 @@ def reference_result(config: VectorConfig, x, weights, dout) -> dict[str, np.nda
     x: (B, dim, H, W); weights: timm names -> arrays; dout: like the output. Inputs of any float
     dtype are promoted to float64 first, so a float32 vector's truth is exact for its inputs.
     """
-    from .attention import HaloAttention
+    from ..attention import HaloAttention
 
     layer = HaloAttention(
         config.dim, config.dim_out, **config.layer_kwargs(), dtype=np.float64, backend=BACKEND
@@ -304,7 +304,7 @@ def make_vector(config: VectorConfig, *, seed: int = 0) -> dict[str, dict[str, n
     N(0, 1), and the float64 results. float32: the same inputs rounded to float32, and the results
     computed in float64 *from those rounded inputs*, then rounded: the best float32 answer.
     """
-    from .attention import HaloAttention
+    from ..attention import HaloAttention
 
     rng = _generator(seed, config.name)
     layer = HaloAttention(
@@ -331,7 +331,7 @@ def make_vector(config: VectorConfig, *, seed: int = 0) -> dict[str, dict[str, n
 
 
 def _build_model(config: ModelVectorConfig, rng=None):
-    from .models import halonet
+    from ..models import halonet
 
     return halonet(
         config.model,
@@ -349,7 +349,7 @@ def reference_model_result(config: ModelVectorConfig, x, labels, weights) -> dic
     x: (B, in_chans, H, W); labels: int (B,); weights: the model's state dict (parameters and
     BatchNorm buffers). Float inputs are promoted to float64 first.
     """
-    from .layers import cross_entropy_backward, cross_entropy_forward, numpy_kernels
+    from ..nn.functional import cross_entropy_backward, cross_entropy_forward, numpy_kernels
 
     model = _build_model(config, rng=0)
     model.load_state_dict({k: np.asarray(v, np.float64) for k, v in weights.items()})
@@ -445,7 +445,7 @@ def write_vectors(out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_G
     Files are named `<config name>.<dtype>.npz`. The manifest is written last, so a manifest
     always describes complete files. Returns the manifest (a dict).
     """
-    from . import __version__
+    from .. import __version__
 
     seed = check_positive_int(seed, "seed", minimum=0)
     out = Path(out_dir)

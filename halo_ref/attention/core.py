@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import (
+from .._checks import (
     HaloRefError,
     check_choice,
     check_feature_map,
@@ -30,15 +30,7 @@ from ._checks import (
     check_spatial,
     float_dtype,
 )
-from .blocking import (
-    blocks_from_map,
-    gather_windows,
-    map_from_blocks,
-    scatter_windows,
-    window_inside_image,
-)
-from .init import as_generator, trunc_normal, uniform_fan_in
-from .layers import (
+from ..nn.functional import (
     add,
     avgpool2x2_backward,
     avgpool2x2_forward,
@@ -47,7 +39,15 @@ from .layers import (
     softmax_backward,
     softmax_forward,
 )
-from .module import Module
+from ..nn.init import as_generator, trunc_normal, uniform_fan_in
+from ..nn.module import Module
+from .blocking import (
+    blocks_from_map,
+    gather_windows,
+    map_from_blocks,
+    scatter_windows,
+    window_inside_image,
+)
 from .relpos import relpos_backward, relpos_forward
 
 BORDERS = ("zeros", "mask")
@@ -174,7 +174,7 @@ def _from_numba(name):
     `import halo_ref` does not pay for importing Numba and compiling kernels."""
 
     def call(*args, **kwargs):
-        from . import attention_numba
+        from . import kernels as attention_numba
 
         return getattr(attention_numba, name)(*args, **kwargs)
 

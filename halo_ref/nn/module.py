@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._checks import HaloRefError
+from .._checks import HaloRefError
 
 
 class Module:

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ._checks import HaloRefError
+from .._checks import HaloRefError
 
 # modules under halo_ref/commands, one per sub-command
 COMMANDS = ["demo", "vectors", "verify", "train", "evaluate", "params"]
@@ -18,7 +18,7 @@ COMMANDS = ["demo", "vectors", "verify", "train", "evaluate", "params"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command registered."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="halo-ref",
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"halo_ref {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"halo_ref.commands.{name}").register(sub)
+        importlib.import_module(f"halo_ref.cli.{name}").register(sub)
     return parser
 
 

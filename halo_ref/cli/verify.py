@@ -41,8 +41,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..vectors import DTYPES, generate_vectors, load_vectors
-    from ..verify import resolve_adapter, verify
+    from ..verification.vectors import DTYPES, generate_vectors, load_vectors
+    from ..verification.verify import resolve_adapter, verify
 
     dtypes = DTYPES if args.dtype == "all" else (args.dtype,)
     adapter = resolve_adapter(args.against)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..data import DATASETS_HELP
+from ..training.data import DATASETS_HELP
 
 
 def register(sub) -> None:
@@ -55,7 +55,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import train as training
+    from ..training import loop as training
 
     cfg = training.TrainConfig(
         dataset=args.dataset,

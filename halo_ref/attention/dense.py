@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import softmax_backward, softmax_forward
+from ..nn.functional import softmax_backward, softmax_forward
 
 
 def halo_neighbourhood(H, W, block_size, halo_size, query_stride=1, border="zeros"):

@@ -20,8 +20,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..attention import HaloAttention
-    from ..reference import dense_halo_attention_forward, halo_attention_loops
-    from ..testing import check_layer_gradients, relative_error
+    from ..attention.dense import dense_halo_attention_forward, halo_attention_loops
+    from ..verification.testing import check_layer_gradients, relative_error
 
     rng = np.random.default_rng(args.seed)
     layer = HaloAttention(16, 16, num_heads=4, block_size=4, halo_size=2, dtype=np.float64, rng=rng)

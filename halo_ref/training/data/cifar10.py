@@ -22,8 +22,8 @@ import urllib.request
 
 import numpy as np
 
-from .._atomic import atomic_write
-from .._checks import HaloRefError
+from ..._atomic import atomic_write
+from ..._checks import HaloRefError
 from . import Dataset
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._checks import HaloRefError
+from .._checks import HaloRefError
 
 
 def _sum_of_products(a, b):
@@ -49,7 +49,7 @@ def add(a, b):
     """a + b for two arrays of one shape: where a residual block's two branches meet (forward)
     and where two gradients of one input meet (backward). Returns a new array."""
     if a.shape == b.shape and _use_numba(ADD_KERNEL, a, b):
-        from ._layers_numba import add as kernel
+        from .kernels import add as kernel
 
         return kernel(np.ascontiguousarray(a), np.ascontiguousarray(b))
     return a + b
@@ -160,7 +160,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     B, C, H, W = x.shape
     O, _, k, _ = weight.shape
     if _use_numba(CONV_KERNEL, x, weight):
-        from . import _layers_numba as kernels
+        from . import kernels
 
         if k == 1 and padding == 0:  # no column copy: the map itself is the column matrix
             out, cache = kernels.conv1x1_forward(x, weight, bias, stride)
@@ -191,7 +191,7 @@ def conv2d_backward(dout, cache):
     dout; col2im then adds each column entry back onto the input pixel it was copied from.
     """
     if isinstance(cache[0], str):  # (which Numba kernel, its cache)
-        from . import _layers_numba as kernels
+        from . import kernels
 
         kind, kernel_cache = cache
         backward = kernels.conv1x1_backward if kind == "numba 1x1" else kernels.conv2d_backward
@@ -225,7 +225,7 @@ BATCHNORM_KERNEL = "numba"
 
 def _batchnorm2d_train_numba(x, weight, bias, running_mean, running_var, momentum, eps):
     """Training-mode forward through the Numba kernel; same outputs and cache as below."""
-    from ._layers_numba import batchnorm_train_forward
+    from .kernels import batchnorm_train_forward
 
     B, C, H, W = x.shape
     x3 = np.ascontiguousarray(x).reshape(B, C, H * W)
@@ -291,7 +291,7 @@ def batchnorm2d_backward(dout, cache):
     """
     x, mean, invstd, weight, training = cache
     if training and _use_numba(BATCHNORM_KERNEL, dout, x):
-        from ._layers_numba import batchnorm_train_backward
+        from .kernels import batchnorm_train_backward
 
         B, C, H, W = dout.shape
         d3 = np.ascontiguousarray(dout).reshape(B, C, H * W)
@@ -331,7 +331,7 @@ SILU_KERNEL = "numba"
 def silu_forward(x):
     """SiLU (swish): x * sigmoid(x) elementwise."""
     if _use_numba(SILU_KERNEL, x):
-        from ._layers_numba import silu_forward as kernel
+        from .kernels import silu_forward as kernel
 
         x = np.ascontiguousarray(x)
         return kernel(x), x
@@ -352,7 +352,7 @@ def silu_backward(dout, cache):
     cheaper trade than storing it: these layers are bound by memory traffic, not arithmetic)."""
     x = cache
     if _use_numba(SILU_KERNEL, dout, x) and dout.shape == x.shape:
-        from ._layers_numba import silu_backward as kernel
+        from .kernels import silu_backward as kernel
 
         return kernel(np.ascontiguousarray(dout), x)
     sig = _sigmoid(x)

@@ -13,7 +13,7 @@ from importlib import resources
 
 import numpy as np
 
-from .._checks import HaloRefError
+from ..._checks import HaloRefError
 
 DATASETS_HELP = "digits (bundled, no network), cifar10, or npz:PATH"
 
@@ -49,7 +49,7 @@ def load_digits() -> Dataset:
     Pixel values are the original counts 0..16 (see halo_ref/data/README.md for the source,
     licence and how the fixed, stratified split was made).
     """
-    ref = resources.files("halo_ref.data").joinpath("digits.npz")
+    ref = resources.files("halo_ref.training.data").joinpath("digits.npz")
     with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     return Dataset(

@@ -1,0 +1,1 @@
+"""Verification: gradient checks, golden vectors, the verifier and its adapters."""
