@@ -114,7 +114,7 @@ def build_layers(s: Shape, backends, timm_ok):
     """The layers under test, with identical weights: {backend name: (forward, backward)}."""
     import numpy as np
 
-    from halo_ref.attention import HaloAttention
+    from halo_ref import HaloAttention
 
     base = HaloAttention(s.C, s.C, dtype=np.float32, rng=0, backend="numba", **s.layer_kwargs())
     runners = {}
@@ -195,7 +195,7 @@ def compile_times(threads):
     """First-call compile time and warm-cache start-up time, each in a fresh child process."""
     code = (
         "import time; t0 = time.perf_counter(); "
-        "from halo_ref.attention.kernels import warm_up; s = warm_up(); "
+        "from halo_ref.backend import warm_up; s = warm_up(); "
         "print(s, time.perf_counter() - t0)"
     )
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -272,13 +272,13 @@ def run_scaling(sizes, repeats, timm_ok):
     """Core forward+backward time and forward peak memory vs H*W: numba, numpy, dense oracle."""
     import numpy as np
 
-    from halo_ref.attention import BACKENDS
     from halo_ref.attention.dense import dense_halo_attention_backward, dense_halo_attention_forward
+    from halo_ref.backend import NUMBA, NUMPY
 
     B, heads, d, block, halo = 1, 4, 16, 8, 3
     cores = {
-        "numba": BACKENDS["numba"],
-        "numpy": BACKENDS["numpy"],
+        "numba": (NUMBA.halo_attention_forward, NUMBA.halo_attention_backward),
+        "numpy": (NUMPY.halo_attention_forward, NUMPY.halo_attention_backward),
         "dense": (dense_halo_attention_forward, dense_halo_attention_backward),
     }
     rows = []
@@ -393,7 +393,7 @@ def main(argv=None):
             compile_info["warm"]["process_s"],
         )
     )
-    from halo_ref.attention.kernels import warm_up
+    from halo_ref.backend import warm_up
 
     warm_up()
     ceiling = matmul_ceiling(args.threads)

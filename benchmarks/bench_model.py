@@ -115,7 +115,7 @@ def halo_ref_step(model, x, y, lr=0.01):
 
 def instrument(model):
     """Wrap every leaf module's forward/backward with timers; returns (by_type, by_name)."""
-    from halo_ref.nn import Conv2d
+    from halo_ref.nn.layers import Conv2d
 
     by_type, by_name = {}, {}
 
@@ -148,6 +148,7 @@ def instrument(model):
 def run_step(args):
     import numpy as np
 
+    from halo_ref.backend import resolve
     from halo_ref.models import count_params, halonet
 
     rng = np.random.default_rng(0)
@@ -162,7 +163,7 @@ def run_step(args):
         "threads": args.threads,
         "blas_threads": args.blas_threads or args.threads,
         "repeats": args.repeats,
-        "backend": model.stages["0"]["0"].attn.backend,
+        "backend": resolve(model.backend).name,
     }
 
     twin = None
@@ -170,8 +171,7 @@ def run_step(args):
         try:
             import torch
 
-            sys.path.insert(0, str(ROOT / "tests"))
-            from torch_twin import torch_twin
+            from halo_ref.verification.torch_side import torch_twin
 
             torch.set_num_threads(args.threads)
             twin = torch_twin(model)

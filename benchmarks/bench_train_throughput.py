@@ -34,7 +34,7 @@ def make_runner(backend, args, images, labels, rng):
     from halo_ref.models import halonet
     from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
     from halo_ref.training.data.augment import augment
-    from halo_ref.training.loop import Batcher
+    from halo_ref.training.evaluate import Batcher
     from halo_ref.training.optim import AdamW, clip_grad_norm
 
     model = halonet(args.model, num_classes=10, in_chans=3, rng=0, backend=backend)
@@ -75,7 +75,7 @@ def main() -> None:
         p.error("--repeats must be >= 5: a median of fewer steps is noise on a shared machine")
     load_before = os.getloadavg()[0]
 
-    from halo_ref.training.loop import set_threads
+    from halo_ref.training.config import set_threads
 
     set_threads(args.threads)
     rng = np.random.default_rng(0)

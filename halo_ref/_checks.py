@@ -48,22 +48,31 @@ def check_choice(value, name: str, choices) -> None:
 
 
 def check_feature_map(
-    x, name: str, *, channels: int | None, dtype: np.dtype, owner: str
+    x,
+    name: str,
+    *,
+    channels: int | None,
+    dtype: np.dtype,
+    owner: str,
+    ndim: int = 4,
+    finite: bool = True,
 ) -> np.ndarray:
-    """Check that `x` is a finite (B, C, H, W) float array of `dtype` with `channels` channels.
+    """Check that `x` is a float array of `dtype`, (B, C, H, W) (ndim=4) or (B, features)
+    (ndim=2), with `channels` entries on axis 1 (None: any), and with finite=True that every
+    value is finite (a pass over the data: the models check their input, the layers inside do
+    not).
 
     Returns `x` as an ndarray (no copy, no cast: a dtype mismatch is an error, never a silent cast).
     """
+    layout = "(B, C, H, W)" if ndim == 4 else "(B, features)"
     if not isinstance(x, np.ndarray):
         raise HaloRefError(
             f"{owner}: {name} must be a NumPy array, got {type(x).__name__}; "
             f"convert it with np.asarray({name}, dtype=np.{dtype.name})"
         )
-    if x.ndim != 4:
-        raise HaloRefError(
-            f"{owner}: {name} must be 4-D (B, C, H, W), got shape {x.shape}; "
-            "add a batch axis with x[None] for a single image"
-        )
+    if x.ndim != ndim:
+        hint = "; add a batch axis with x[None] for a single image" if ndim == 4 else ""
+        raise HaloRefError(f"{owner}: {name} must be {ndim}-D {layout}, got shape {x.shape}{hint}")
     if x.dtype != dtype:
         if x.dtype.kind in "fc":
             fix = f"cast with {name}.astype(np.{dtype.name}) or build the layer with dtype=np.{x.dtype}"
@@ -73,9 +82,10 @@ def check_feature_map(
     if channels is not None and x.shape[1] != channels:
         raise HaloRefError(
             f"{owner}: {name} has {x.shape[1]} channels (axis 1 of shape {x.shape}) but the layer "
-            f"expects {channels}; pass NCHW input or build the layer with dim={x.shape[1]}"
+            f"expects {channels}; pass {layout} input or build the layer with {x.shape[1]} "
+            "input channels"
         )
-    if not np.isfinite(x).all():
+    if finite and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         raise HaloRefError(
             f"{owner}: {name} contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 from ._checks import HaloRefError
+from .attention.core import halo_attention_forward
 
 # colours used consistently across the tutorials: the query block, its halo window, the query
 BLOCK_COLOUR = "#ffb000"
@@ -354,19 +355,17 @@ def window_to_image(weights, H, W, block_size, halo_size, block):
 def query_attention(layer, x, query, *, sample=0):
     """Attention weights of one query of a `HaloAttention` layer, placed on the input grid.
 
-    layer: a `halo_ref.attention.HaloAttention`; x: its input (B, dim, H, W); query: (row,
-    column) in the layer's query map (H/s, W/s for query stride s). Recomputes the attention of
-    image `sample` with the NumPy core and returns the weights averaged over heads, (H, W).
+    layer: a `halo_ref.HaloAttention`; x: its input (B, dim, H, W); query: (row, column) in the
+    layer's query map (H/s, W/s for query stride s). Recomputes the attention of image `sample`
+    with the NumPy core and returns the weights averaged over heads, (H, W).
     """
-    from .attention import halo_attention_forward
-
     p = layer.params
     xs = np.asarray(x)[sample : sample + 1]
     H, W = xs.shape[2:]
     q_map, kv_map = layer.project(xs)
     rel = p["pos_embed.height_rel"], p["pos_embed.width_rel"]
     _, cache = halo_attention_forward(q_map, kv_map, *rel, **layer.core_kwargs())
-    attn = cache[3]  # 1, heads, N, Pq, Pw: the softmax weights kept for the backward pass
+    attn = cache.attn  # 1, heads, N, Pq, Pw: the softmax weights kept for the backward pass
     bq = layer.block_size_q
     qy, qx = query
     nw = W // layer.block_size

@@ -66,27 +66,28 @@ BACKENDS = ("numpy", "numba-blocks", "numba-strips")
 DTYPES = (np.float32, np.float64)
 
 
-# -- the only part that depends on halo_ref's layout -------------------------------------------
+# -- the only part that depends on halo_ref's layout ---------------------------------------------
+# (written for the layout before issue 15 with attention_numba.FAMILY and layers.numpy_kernels;
+# now the same choices through halo_ref.backend)
 def _layer(dim, dim_out, kwargs, dtype, backend):
     """A seeded HaloAttention on `backend` ("numpy", "numba-blocks" or "numba-strips")."""
     from halo_ref import HaloAttention
-    from halo_ref.attention import kernels as attention_numba
+    from halo_ref.backend import NUMPY, Backend
 
-    attention_numba.FAMILY = backend.split("-")[1] if backend.startswith("numba") else None
-    return HaloAttention(dim, dim_out, **kwargs, dtype=dtype, rng=7, backend=backend.split("-")[0])
+    name, _, family = backend.partition("-")
+    chosen = NUMPY if name == "numpy" else Backend("numba", family=family)
+    return HaloAttention(dim, dim_out, **kwargs, dtype=dtype, rng=7, backend=chosen)
 
 
 def _family_done():
-    from halo_ref.attention import kernels as attention_numba
-
-    attention_numba.FAMILY = None
+    pass
 
 
 def _numpy_formulas():
     """A context in which every layer runs its NumPy formula."""
-    from halo_ref.nn.functional import numpy_kernels
+    from halo_ref.backend import use
 
-    return numpy_kernels()
+    return use("numpy")
 
 
 def _loss():
@@ -96,7 +97,9 @@ def _loss():
 
 
 def _train_digits(out):
-    from halo_ref.training.loop import TrainConfig, load_checkpoint, train
+    from halo_ref.training.checkpoint import load_checkpoint
+    from halo_ref.training.config import TrainConfig
+    from halo_ref.training.loop import train
 
     train(TrainConfig(dataset="digits", epochs=1, out=out), log=lambda *a: None, progress=False)
     return load_checkpoint(os.path.join(out, "checkpoint.npz"))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -41,7 +44,7 @@ def torch():
 
 @pytest.fixture(scope="session")
 def timm_halo_attn(torch):
-    """timm's `halo_attn` module loaded in isolation (see halo_ref.verification.torch_side), or skip."""
+    """timm's `halo_attn` module loaded in isolation (halo_ref.verification.torch_side), or skip."""
     from halo_ref.verification.torch_side import load_timm_halo_attn
 
     try:
@@ -52,8 +55,30 @@ def timm_halo_attn(torch):
 
 @pytest.fixture(scope="session")
 def numba_warm():
-    """Compile (or load from Numba's disk cache) the halo attention kernels once per session,
-    so no single test, and no hypothesis example, carries the compile time."""
-    from halo_ref.attention.kernels import warm_up
+    """Compile (or load from Numba's disk cache) every Numba kernel once per session, so no
+    single test, and no hypothesis example, carries the compile time."""
+    from halo_ref.backend import warm_up
 
     return warm_up()
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """Serve tmp_path/"www" on 127.0.0.1 (a random free port); yields (folder, base url)."""
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest's output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(www))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

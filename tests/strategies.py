@@ -149,7 +149,7 @@ def layer_cases(draw, borders=("zeros", "mask"), max_block=4):
     )
 
 
-# -- halo_ref.verification.testing comparisons (tests/test_testing.py) --------------------------------------
+# -- halo_ref.verification.testing comparisons (tests/verification/test_testing.py) ------------
 @dataclass(frozen=True)
 class PerturbedArray:
     """An expected array and a copy with one entry moved by `delta` (relative to max |expected|)."""
@@ -175,7 +175,7 @@ def perturbed_arrays(draw, max_dims=4, max_side=5):
     return PerturbedArray(expected, index, delta)
 
 
-# -- layers with manual backward (tests/test_layers.py) ------------------------------------------
+# -- layers with manual backward (tests/nn/) ----------------------------------------------------
 @dataclass(frozen=True)
 class ConvCase:
     """A 2-D convolution or pooling window: input shape, kernel, stride, padding, channels."""

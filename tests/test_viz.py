@@ -15,9 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from halo_ref import viz  # noqa: E402
+from halo_ref import (
+    HaloAttention,  # noqa: E402
+    viz,  # noqa: E402
+)
 from halo_ref._checks import HaloRefError  # noqa: E402
-from halo_ref.attention import HaloAttention  # noqa: E402
 from halo_ref.attention.blocking import gather_windows, window_inside_image  # noqa: E402
 from halo_ref.attention.dense import dense_halo_attention_forward  # noqa: E402
 from halo_ref.nn.functional import conv1x1_forward  # noqa: E402
@@ -93,7 +95,7 @@ def test_query_attention_matches_dense_oracle(border, stride):
         num_heads=2, block_size=4, halo_size=1, query_stride=layer.query_stride,
         scale=layer.scale, border=border,
     )  # fmt: skip
-    attn = cache[0][7]  # 1, heads, Nq, Nk: the dense oracle's softmax weights
+    attn = cache.dense.attn  # 1, heads, Nq, Nk: the dense oracle's softmax weights
     Hq, Wq = q_map.shape[2:]
     for query in [(0, 0), (Hq - 1, Wq - 1), (Hq // 2, 1)]:
         got = viz.query_attention(layer, x, query, sample=1)

@@ -22,7 +22,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from halo_ref.attention import HaloAttention
+from halo_ref import HaloAttention
 from halo_ref.attention.relpos import relative_indices, relpos_forward
 from halo_ref.viz import draw_position_bias
 

@@ -16,7 +16,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from halo_ref.attention import halo_attention_forward
+from halo_ref.attention.core import halo_attention_forward
 from halo_ref.attention.dense import (
     dense_halo_attention_forward,
     halo_attention_loops,
@@ -70,7 +70,7 @@ fig.suptitle("Halo attention as a mask on global attention (bright = attended)")
 # The equality, numerically
 # -------------------------
 # Three implementations of the same function: the windowed core
-# :func:`~halo_ref.attention.halo_attention_forward`, the dense masked oracle
+# :func:`~halo_ref.attention.core.halo_attention_forward`, the dense masked oracle
 # :func:`~halo_ref.attention.dense.dense_halo_attention_forward`, and
 # :func:`~halo_ref.attention.dense.halo_attention_loops`, written pixel by pixel from the definition.
 # In float64 they sum the same terms in different orders, so they agree to rounding: relative

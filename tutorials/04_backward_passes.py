@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import halo_ref.attention.core as attention
-from halo_ref.attention import halo_attention_backward, halo_attention_forward
+from halo_ref.attention.core import halo_attention_backward, halo_attention_forward
 from halo_ref.attention.relpos import relpos_backward, relpos_forward
 from halo_ref.nn.functional import softmax_backward, softmax_forward
 from halo_ref.verification.testing import GradientCheckError, check_gradients
@@ -69,7 +69,7 @@ print(f"softmax: relative error {errs['z']:.1e}")
 #
 # Windows overlap, so one pixel's key lands in several windows: the backward of the gather is
 # a scatter-*add* (:func:`~halo_ref.attention.blocking.scatter_windows`). We check the whole core,
-# :func:`~halo_ref.attention.halo_attention_backward`, with respect to all four inputs.
+# :func:`~halo_ref.attention.core.halo_attention_backward`, with respect to all four inputs.
 b, h, heads, d_qk, d_v = 4, 2, 2, 3, 2
 H, W = 8, 12
 win = b + 2 * h

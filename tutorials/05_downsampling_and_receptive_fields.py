@@ -16,7 +16,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from halo_ref.attention import HaloAttention
+from halo_ref import HaloAttention
 from halo_ref.viz import draw_blocks, draw_receptive_field, scene_image
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"

@@ -6,9 +6,9 @@ Halo attention and masked global attention compute the same function (tutorial 3
 dense form spends ``(H W)^2`` logits to get the ``H W (b + 2h)^2`` that survive the mask. This
 tutorial times one forward plus backward pass of three implementations of the same attention
 core on growing maps: the dense masked oracle (:mod:`halo_ref.attention.dense`), the blocked NumPy
-reference (:func:`halo_ref.attention.halo_attention_forward`) and, when it is registered in
-:data:`halo_ref.attention.BACKENDS`, the Numba kernels. It plots the measured times next to the
-work each one must do.
+reference (:func:`halo_ref.attention.core.halo_attention_forward`) and the Numba kernels of
+:mod:`halo_ref.attention.kernels`, both reached through :mod:`halo_ref.backend`. It plots the
+measured times next to the work each one must do.
 
 Timings here are illustrations on whatever machine runs the tutorial (in the documentation,
 with tiny quick-mode sizes); the project's speed targets live in ``benchmarks/``.
@@ -19,10 +19,11 @@ import os
 import time
 
 import matplotlib.pyplot as plt
+import numba
 import numpy as np
 
-from halo_ref.attention import BACKENDS
 from halo_ref.attention.dense import dense_halo_attention_backward, dense_halo_attention_forward
+from halo_ref.backend import NUMBA, NUMPY
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
 
@@ -34,18 +35,9 @@ QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
 # layer, as the median over a few repeats after a warm-up call (the warm-up also pays Numba's
 # one-off compilation, which we time separately).
 contenders = {"dense oracle": (dense_halo_attention_forward, dense_halo_attention_backward)}
-contenders["NumPy blocked"] = BACKENDS["numpy"]
-if "numba" in BACKENDS:
-    contenders["Numba kernels"] = BACKENDS["numba"]
-    import numba
-
-    numba.set_num_threads(1)  # one thread each: we compare algorithms, not core counts
-    print("Numba backend found: timing it on 1 thread")
-else:
-    print(
-        "The Numba backend is not registered in halo_ref.attention.BACKENDS in this version, "
-        "so only the NumPy reference and the dense oracle are timed."
-    )
+contenders["NumPy blocked"] = (NUMPY.halo_attention_forward, NUMPY.halo_attention_backward)
+contenders["Numba kernels"] = (NUMBA.halo_attention_forward, NUMBA.halo_attention_backward)
+numba.set_num_threads(1)  # one thread each: we compare algorithms, not core counts
 
 b, h, heads, d = 8, 3, 4, 16
 win = b + 2 * h

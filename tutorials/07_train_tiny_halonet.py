@@ -23,7 +23,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from halo_ref.attention import HaloAttention
+from halo_ref import HaloAttention
 from halo_ref.models import count_params, halonet
 from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
 from halo_ref.training.data import load_digits

@@ -4,10 +4,11 @@
 # Halo attention (Vaswani et al. 2021, section 3.1) is easy to get *almost* right. Ports in the
 # wild disagree on padding, masking and scaling, and a wrong detail rarely crashes: it trains,
 # a little worse. This script takes a correct PyTorch implementation,
-# `halo_ref.verification.verify.torch_halo_attention`, plants four bugs seen in real ports, one at a time,
-# and runs each through `halo_ref.verification.verify.verify` against the golden vectors
-# (`halo_ref.verification.vectors`): 28 small layer configurations (14 with timm's zero padding, the same 14
-# with a padding mask), each with an input, weights, output and every gradient.
+# `halo_ref.verification.torch_side.torch_halo_attention`, plants four bugs seen in real ports,
+# one at a time, and runs each through `halo_ref.verification.verify.verify` against the golden
+# vectors (`halo_ref.verification.vectors`): 28 small layer configurations (14 with timm's zero
+# padding, the same 14 with a padding mask), each with an input, weights, output and every
+# gradient.
 #
 # For every bug, read three things in the report:
 #
@@ -23,8 +24,9 @@
 # %%
 import numpy as np
 
+from halo_ref.verification.torch_side import PLANTED_BUGS, torch_adapter
 from halo_ref.verification.vectors import CONFIG_GRID, Vector, generate_vectors, reference_result
-from halo_ref.verification.verify import PLANTED_BUGS, torch_adapter, verify
+from halo_ref.verification.verify import verify
 
 # float64 copies only: a bug shows up the same way in float32, this keeps the output short
 vectors = generate_vectors(dtypes=("float64",), models=())

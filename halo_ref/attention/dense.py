@@ -5,13 +5,15 @@ Every query attends to *every* key of the (zero-padded) key grid; an additive ma
 keeps only the keys in the query's halo window, and an additive relative-position bias gives
 each kept key its position logit. Nothing here knows about blocks or windows as arrays: the
 neighbourhood lives only in the mask and index matrices built by `halo_neighbourhood`. That makes
-it an independent check of `halo_ref.attention` (which gathers windows), and
+it an independent check of `halo_ref.attention.core` (which gathers windows), and
 `halo_attention_loops` is a third, written pixel by pixel straight from the definition.
 
 Written for clarity, not speed: memory grows with (H*W)^2.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,6 +48,21 @@ def halo_neighbourhood(H, W, block_size, halo_size, query_stride=1, border="zero
     return mask, idx_h, idx_w
 
 
+class DenseCache(NamedTuple):
+    """What `dense_attention_backward` needs."""
+
+    q: np.ndarray  # (B, heads, Nq, d_qk)
+    k: np.ndarray  # (B, heads, Nk, d_qk)
+    v: np.ndarray  # (B, heads, Nk, d_v)
+    height_rel: np.ndarray
+    width_rel: np.ndarray
+    idx_h: np.ndarray  # (Nq, Nk) int
+    idx_w: np.ndarray
+    attn: np.ndarray  # (B, heads, Nq, Nk): the softmax weights
+    scale: float
+    scale_pos_embed: bool
+
+
 def dense_attention_forward(
     q, k, v, height_rel, width_rel, idx_h, idx_w, mask, scale, scale_pos_embed
 ):
@@ -65,7 +82,9 @@ def dense_attention_forward(
     logits = scale * (content + bias) if scale_pos_embed else scale * content + bias
     attn, _ = softmax_forward(logits + mask)
     out = attn @ v
-    return out, (q, k, v, height_rel, width_rel, idx_h, idx_w, attn, scale, scale_pos_embed)
+    return out, DenseCache(
+        q, k, v, height_rel, width_rel, idx_h, idx_w, attn, scale, scale_pos_embed
+    )
 
 
 def dense_attention_backward(dout, cache):
@@ -87,6 +106,15 @@ def dense_attention_backward(dout, cache):
     dheight_rel = dq_h.reshape(-1, R).T @ q.reshape(-1, d)
     dwidth_rel = dq_w.reshape(-1, R).T @ q.reshape(-1, d)
     return dq, dk, dv, dheight_rel, dwidth_rel
+
+
+class DenseHaloCache(NamedTuple):
+    """What `dense_halo_attention_backward` needs."""
+
+    dense: DenseCache
+    num_heads: int
+    kv_shape: tuple  # (B, C, H, W) of the key/value map
+    halo_size: int
 
 
 def _heads(x_map, num_heads):
@@ -115,7 +143,7 @@ def dense_halo_attention_forward(
     scale_pos_embed=False,
     border="zeros",
 ):
-    """Drop-in replacement for `halo_ref.attention.halo_attention_forward`, computed densely.
+    """Drop-in replacement for `halo_ref.attention.core.halo_attention_forward`, computed densely.
 
     Same arguments and shapes; returns out (B, heads*d_v, H/s, W/s) and a cache.
     """
@@ -131,15 +159,15 @@ def dense_halo_attention_forward(
         q, k, v, height_rel, width_rel, idx_h, idx_w, mask, scale, scale_pos_embed
     )
     Hq, Wq = q_map.shape[2:]
-    return _unheads(out).reshape(B, -1, Hq, Wq), (cache, num_heads, kv_map.shape, h)
+    return _unheads(out).reshape(B, -1, Hq, Wq), DenseHaloCache(cache, num_heads, kv_map.shape, h)
 
 
 def dense_halo_attention_backward(dout_map, cache):
     """Gradients of `dense_halo_attention_forward`: dq_map, dkv_map, dheight_rel, dwidth_rel."""
-    cache, num_heads, kv_shape, h = cache
-    B, C, H, W = kv_shape
+    B, C, H, W = cache.kv_shape
+    h = cache.halo_size
     dq, dk, dv, dheight_rel, dwidth_rel = dense_attention_backward(
-        _heads(dout_map, num_heads), cache
+        _heads(dout_map, cache.num_heads), cache.dense
     )
     Hq, Wq = dout_map.shape[2:]
     dq_map = _unheads(dq).reshape(B, -1, Hq, Wq)

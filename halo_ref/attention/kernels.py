@@ -1,11 +1,13 @@
 """Numba kernels for halo attention (paper, section 3.1 "Blocked local self-attention").
 
-The same maths as `halo_ref.attention.halo_attention_forward` / `halo_attention_backward` (the
-readable NumPy version, which stays the oracle), computed without ever building the
-(B, N, win*win, C) array of gathered windows.
+Contract: the same as `halo_ref.attention.core` (the readable NumPy page, which stays the
+oracle; the tests hold these to it): `halo_attention_forward_numba` / `_backward_numba` take the
+arguments and return the results of `halo_attention_forward` / `_backward`, and
+`halo_layer_forward_numba` / `_backward_numba` those of `halo_layer_forward` / `_backward`. The
+maths is computed without ever building the (B, N, win*win, C) array of gathered windows.
 
 Layout. The kernels read the projected maps pixel-major, (B, H, W, C): the layer's 1x1
-projections write them so (`halo_ref._layers_numba.conv1x1_to_pixels`), and a head's channels
+projections write them so (`halo_ref.nn.kernels.conv1x1_to_pixels`), and a head's channels
 of one pixel are then one contiguous run. Each (image, head) pair is one task of a `prange`
 over Numba's threads. A task copies its head's queries, keys and values into channel-last
 scratch (keys and values zero-padded by the halo: the zeros are border="zeros"' keys outside
@@ -14,11 +16,13 @@ the image), so that every window row, and every block row of windows, is a plain
 Tiles. Attention weights are kept as tiles of (keys, queries): each row holds one key's weight
 for several queries, so every elementwise pass (logits, max, exp, sum, normalisation, and their
 gradients) runs along rows with the queries as vector lanes, long unit-stride loops that LLVM
-vectorises. Position logits enter as two small tables per tile, Ht[ky, query] and WS[kx,
-query], so the logits pass is T = scale * q.k + Ht[ky] + WS[kx] row by row; the border mask and
-"outside this query's window" are -inf entries of those tables.
+vectorises. Position logits enter as two small tables per tile, a row table [key row, query]
+and a column table [key column, query], so the logits pass is T = scale * q.k + row_table[ky]
++ col_table[kx] row by row; the border mask and "outside this query's window" are -inf entries
+of those tables.
 
-Two ways to cut the work (both exact, chosen by `_use_strips`):
+Two ways to cut a task's work into tiles (both exact, chosen by `_strips`; one loop serves both,
+`_tile_at` and `_tile_operands` say where a tile's queries, keys and values are):
 
 - blocks: one query block at a time; its keys and values are a win x win window copied out of
   the padded scratch, and the tile is (win*win, queries of the block);
@@ -42,15 +46,14 @@ float32 runs in float32 throughout, with a vectorisable exp (`halo_ref._numba_ma
 within 4 ulp) because Numba's scalar `expf` costs more than the matrix products; float64 uses
 the exact `np.exp`.
 
-Entry points: `halo_layer_forward_numba` / `_backward` (the layer `HaloAttention` with
-backend="numba": projections and attention), `halo_attention_forward_numba` / `_backward` (the
-functional core on channel-first maps, the contract of the NumPy reference), and
-`halo_attention_forward_pixels` / `_backward` (the core on pixel-major maps, which both use).
+Entry points: the two contracts above, and `halo_attention_forward_pixels` / `_backward` (the
+core on pixel-major maps, which both use). A call's sizes are derived once, in Python, into a
+`Geometry` record that the kernels read (and its scale factors into `Scales`).
 
-Compilation: two parallel kernels (forward, backward) plus the layers of
-`halo_ref._layers_numba`, once per dtype (`warm_up` compiles them all); every option (border,
-stride, scale_pos_embed, sizes, blocks or strips) is a runtime argument. Compiled code is
-cached on disk (`cache=True`), so only the first process pays the compile time. Environment:
+Compilation: two parallel kernels (forward, backward), once per dtype (`halo_ref.backend.warm_up`
+compiles them with the other layers' kernels); every option (border, stride, scale_pos_embed,
+sizes, blocks or strips) is a runtime field of the records. Compiled code is cached on disk
+(`cache=True`), so only the first process pays the compile time. Environment:
 
 - NUMBA_CACHE_DIR: where the cache goes when the package folder is read-only (system installs);
 - NUMBA_NUM_THREADS or `numba.set_num_threads(n)`: the number of threads `prange` uses.
@@ -58,7 +61,7 @@ cached on disk (`cache=True`), so only the first process pays the compile time. 
 
 from __future__ import annotations
 
-import time
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -66,20 +69,8 @@ from numba import njit, prange
 from .._blas import one_blas_thread
 from .._checks import HaloRefError
 from .._numba_math import _FASTMATH, copy_run, exp_nonpos
-from ..nn.kernels import (
-    add,
-    batchnorm_train_backward,
-    batchnorm_train_forward,
-    conv1x1_backward,
-    conv1x1_forward,
-    conv1x1_to_pixels,
-    conv1x1_to_pixels_backward,
-    conv2d_backward,
-    conv2d_forward,
-    silu_backward,
-    silu_forward,
-)
-from .core import _layer_grads
+from ..nn.kernels import Conv1x1KernelCache, conv1x1_to_pixels, conv1x1_to_pixels_backward
+from .core import layer_grads
 
 __all__ = [
     "halo_attention_backward_numba",
@@ -88,7 +79,6 @@ __all__ = [
     "halo_attention_forward_pixels",
     "halo_layer_backward_numba",
     "halo_layer_forward_numba",
-    "warm_up",
 ]
 
 
@@ -132,24 +122,17 @@ def _copy_window(src, y0, x0, win, dst):
 
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _add_window(src, dst, y0, x0, win):
-    """The adjoint of `_copy_window`: dst[y0 + i, x0 + j, :] += src[i*win + j, :]."""
+def _add_window(src, dst, y0, x0, rows, cols):
+    """The adjoint of reading a rows x cols window of a channel-last map (`_copy_window`, or a
+    strip of whole rows read in place): dst[y0 + i, x0 + j, :] += src[i*cols + j, :]."""
     d = dst.shape[2]
-    run = win * d
+    run = cols * d
     flat = src.reshape(-1)
-    for i in range(win):
+    for i in range(rows):
         row = dst[y0 + i].reshape(-1)[x0 * d : x0 * d + run]
         part = flat[i * run : i * run + run]
         for k in range(run):
             row[k] += part[k]
-
-
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _add_into(src, dst):
-    """dst += src for two C-contiguous arrays of the same size (any shapes)."""
-    s, d = src.reshape(-1), dst.reshape(-1)
-    for k in range(s.shape[0]):
-        d[k] += s[k]
 
 
 @njit(cache=True, inline="always")
@@ -189,85 +172,118 @@ def _map_to_lanes(src, b, c0, y0, x0, nrows, ncols, lanes):
             copy_run(lanes, (c * nrows + i) * ncols, src, at, ncols)
 
 
+# -- a tile: where its queries, keys and values are ----------------------------------------------
+@njit(cache=True, inline="always")
+def _tile_at(n, geo):
+    """Tile n of a task: (its block row, its first query column, its number of query columns,
+    the first key column of the padded map it reads). Strips: block row n, every column;
+    blocks: block n in row-major order."""
+    if geo.strips:
+        return n, 0, geo.Wq, 0
+    by, bx = n // geo.blocks_across, n % geo.blocks_across
+    return by, bx * geo.block_q, geo.block_q, bx * geo.block
+
+
+@njit(cache=True, inline="always")
+def _tile_operands(queries, keys, values, by, x0q, x0k, geo, q_tile, k_tile, v_tile):
+    """A tile's queries (lanes, d_qk), keys (tile keys, d_qk) and values (tile keys, d_v).
+    Strips read a block row of queries and the strip of win padded rows in place (contiguous
+    slices of the scratch); blocks copy their block and window out into the *_tile buffers."""
+    y0 = by * geo.block  # padded rows: a window starts `halo` rows above its block
+    if geo.strips:
+        lanes = geo.tile_lanes
+        strip_k = keys[y0 : y0 + geo.win].reshape(geo.tile_keys, geo.d_qk)
+        strip_v = values[y0 : y0 + geo.win].reshape(geo.tile_keys, geo.d_v)
+        return queries[by * lanes : (by + 1) * lanes], strip_k, strip_v
+    _block_rows(queries, by * geo.block_q, geo.block_q, geo.Wq, x0q, q_tile)
+    _copy_window(keys, y0, x0k, geo.win, k_tile)
+    _copy_window(values, y0, x0k, geo.win, v_tile)
+    return q_tile, k_tile, v_tile
+
+
 # -- position tables: one row per key row / key column, queries as lanes ------------------------
 @njit(cache=True)
-def _tables(qh, qw, by, bq, Wq, x0q, ncols, xoff, block, halo, win, H, W, mask, bs, Ht, WS):
+def _tables(q_rows, q_cols, by, x0q, ncols, x0k, geo, position_scale, row_table, col_table):
     """The position logits of a tile's queries. Lane l = i*ncols + j is the query at (by*bq + i,
-    x0q + j) of the query map, in the block s = (x0q + j) // bq, at (i, qx) inside it:
+    x0q + j) of the query map (bq = block_q), in the block s = (x0q + j) // bq, at (i, qx)
+    inside it; q_rows, q_cols: q . height_rel[r] and q . width_rel[r] of every query:
 
-    Ht[ky, l] = bs * q . height_rel[ky - i + win - 1] for window row ky (-inf where that row is
-    outside the image and border="mask");
-    WS[xp, l] = bs * q . width_rel[kx - qx + win - 1] for the tile's key column xp (padded map
-    column xoff + xp), whose column in the lane's window is kx = xp + xoff - s*block, when
-    0 <= kx < win (and inside the image, with the mask); -inf elsewhere, so that keys outside
-    the query's own window get no weight. (A window always lies inside the tile's columns.)
+    row_table[ky, l] = position_scale * q . height_rel[ky - i + win - 1] for window row ky
+    (-inf where that row is outside the image and border="mask");
+    col_table[xp, l] = position_scale * q . width_rel[kx - qx + win - 1] for the tile's key
+    column xp (padded map column x0k + xp), whose column in the lane's window is kx = xp + x0k -
+    s*block, when 0 <= kx < win (and inside the image, with the mask); -inf elsewhere, so that
+    keys outside the query's own window get no weight. (A window always lies inside the tile's
+    columns.)
     """
-    Wtab, L = WS.shape
-    for xp in range(Wtab):
-        w = WS[xp]
-        for l in range(L):
+    win, bq = geo.win, geo.block_q
+    n_cols, n_lanes = col_table.shape
+    for xp in range(n_cols):
+        w = col_table[xp]
+        for l in range(n_lanes):
             w[l] = -np.inf
-    for l in range(L):
+    for l in range(n_lanes):
         i, j = l // ncols, l % ncols
         x = x0q + j
         s, qx = x // bq, x % bq
-        pix = (by * bq + i) * Wq + x
-        rows = qh[pix, win - 1 - i : 2 * win - 1 - i]  # this query's rows of the table
-        cols = qw[pix, win - 1 - qx : 2 * win - 1 - qx]
-        lo = s * block - xoff  # the window's first column in the tile
+        pix = (by * bq + i) * geo.Wq + x
+        rows = q_rows[pix, win - 1 - i : 2 * win - 1 - i]  # this query's rows of the table
+        cols = q_cols[pix, win - 1 - qx : 2 * win - 1 - qx]
+        lo = s * geo.block - x0k  # the window's first column in the tile
         for k in range(win):
-            Ht[k, l] = bs * rows[k]
-            WS[lo + k, l] = bs * cols[k]
-    if mask:
+            row_table[k, l] = position_scale * rows[k]
+            col_table[lo + k, l] = position_scale * cols[k]
+    if geo.mask:
         for ky in range(win):
-            y = by * block - halo + ky
-            if y < 0 or y >= H:
-                h = Ht[ky]
-                for l in range(L):
+            y = by * geo.block - geo.halo + ky
+            if y < 0 or y >= geo.H:
+                h = row_table[ky]
+                for l in range(n_lanes):
                     h[l] = -np.inf
-        for xp in range(Wtab):
-            xi = xoff + xp - halo
-            if xi < 0 or xi >= W:
-                w = WS[xp]
-                for l in range(L):
+        for xp in range(n_cols):
+            xi = x0k + xp - geo.halo
+            if xi < 0 or xi >= geo.W:
+                w = col_table[xp]
+                for l in range(n_lanes):
                     w[l] = -np.inf
 
 
 @njit(cache=True)
-def _table_grads(Hd, WSd, by, bq, Wq, x0q, ncols, xoff, block, win, ratio, dqh, dqw):
-    """The adjoint of `_tables`: dqh[pix, ky - i + win - 1] = ratio * Hd[ky, l] and dqw from
-    WSd over the lane's window. A query's table entries are distinct for distinct ky (kx), and
-    each query is in one tile, so every entry is written once."""
-    L = WSd.shape[1]
-    for l in range(L):
+def _table_grads(drow, dcol, by, x0q, ncols, x0k, geo, ratio, dq_rows, dq_cols):
+    """The adjoint of `_tables`: dq_rows[pix, ky - i + win - 1] = ratio * drow[ky, l] and
+    dq_cols from dcol over the lane's window. A query's table entries are distinct for distinct
+    ky (kx), and each query is in one tile, so every entry is written once."""
+    win, bq = geo.win, geo.block_q
+    n_lanes = dcol.shape[1]
+    for l in range(n_lanes):
         i, j = l // ncols, l % ncols
         x = x0q + j
         s, qx = x // bq, x % bq
-        pix = (by * bq + i) * Wq + x
-        rows = dqh[pix, win - 1 - i : 2 * win - 1 - i]
-        cols = dqw[pix, win - 1 - qx : 2 * win - 1 - qx]
-        lo = s * block - xoff
+        pix = (by * bq + i) * geo.Wq + x
+        rows = dq_rows[pix, win - 1 - i : 2 * win - 1 - i]
+        cols = dq_cols[pix, win - 1 - qx : 2 * win - 1 - qx]
+        lo = s * geo.block - x0k
         for k in range(win):
-            rows[k] = ratio * Hd[k, l]
-            cols[k] = ratio * WSd[lo + k, l]
+            rows[k] = ratio * drow[k, l]
+            cols[k] = ratio * dcol[lo + k, l]
 
 
-# -- passes over a tile T (keys, lanes): key (ky, xp) is row ky*Wtab + xp ---------------------
+# -- passes over a tile T (keys, lanes): key (ky, xp) is row ky * (tile columns) + xp -----------
 # Each loop writes a single array: LLVM vectorises a loop only after checking at run time that
 # the arrays it writes overlap none it reads, and gives up when there are many pairs to check.
 # The tables and the passes are called, not inlined: each family calls them, and inlining
 # compiled them twice (15 s more of first-run compile time, no faster).
 @njit(fastmath=_FASTMATH, cache=True)
-def _logits(T, Ht, WS, cs, win):
-    """In place: T = cs * (q . k) + Ht[ky] + WS[xp], row by row."""
-    Wtab, L = WS.shape
+def _logits(T, row_table, col_table, content_scale, win):
+    """In place: T = content_scale * (q . k) + row_table[ky] + col_table[xp], row by row."""
+    n_cols, L = col_table.shape
     for ky in range(win):
-        h = Ht[ky]
-        for xp in range(Wtab):
-            t = T[ky * Wtab + xp]
-            w = WS[xp]
+        h = row_table[ky]
+        for xp in range(n_cols):
+            t = T[ky * n_cols + xp]
+            w = col_table[xp]
             for l in range(L):
-                t[l] = cs * t[l] + (h[l] + w[l])
+                t[l] = content_scale * t[l] + (h[l] + w[l])
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -321,12 +337,12 @@ def _softmax(T, mx, sm):
 
 
 @njit(fastmath=_FASTMATH, cache=True)
-def _softmax_grad(A, G, cs, win, sm, Hd, WSd):
-    """A: the weights; G = d weights, in place -> cs * d logits (softmax: d logits =
-    A * (G - sum over keys of A * G)). Hd[ky], WSd[xp]: the sums of the result over each key
+def _softmax_grad(A, G, content_scale, win, sm, drow, dcol):
+    """A: the weights; G = d weights, in place -> content_scale * d logits (softmax: d logits =
+    A * (G - sum over keys of A * G)). drow[ky], dcol[xp]: the sums of the result over each key
     row and key column, the position tables' share (up to the factor applied by
     `_table_grads`)."""
-    Wtab, L = WSd.shape
+    n_cols, L = dcol.shape
     K = A.shape[0]
     for l in range(L):
         sm[l] = 0
@@ -337,238 +353,251 @@ def _softmax_grad(A, G, cs, win, sm, Hd, WSd):
     for k in range(K):
         a, g = A[k], G[k]
         for l in range(L):
-            g[l] = cs * (a[l] * (g[l] - sm[l]))
+            g[l] = content_scale * (a[l] * (g[l] - sm[l]))
     # one pass over G for both sums (each still adds its terms in key order)
-    Hd[:] = 0
-    WSd[:] = 0
+    drow[:] = 0
+    dcol[:] = 0
     for ky in range(win):
-        h = Hd[ky]
-        for xp in range(Wtab):
-            g, w = G[ky * Wtab + xp], WSd[xp]
+        h = drow[ky]
+        for xp in range(n_cols):
+            g, w = G[ky * n_cols + xp], dcol[xp]
             for l in range(L):
                 h[l] += g[l]
             for l in range(L):
                 w[l] += g[l]
 
 
-# -- one task: one head of one image ------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _geometry(q_src, kv_src, d_qk, d_v_total, num_heads, block, halo, qs):
-    """Sizes of one call: (H, W, Hq, Wq, d_v, bq, win, Pq, Pw, nbh, nbw)."""
-    H, W = kv_src.shape[1], kv_src.shape[2]
-    bq, win = block // qs, block + 2 * halo
-    return (H, W, q_src.shape[1], q_src.shape[2], d_v_total // num_heads, bq, win, bq * bq,
-            win * win, H // block, W // block)  # fmt: skip
+# -- the records a call passes to its kernels ------------------------------------------------------
+class Geometry(NamedTuple):
+    """The sizes of one call, derived once (`_geometry`) and read by its forward and backward."""
+
+    num_heads: int
+    d_qk: int
+    d_v: int
+    H: int  # the key/value map
+    W: int
+    Hq: int  # the query map, (H, W) / query_stride
+    Wq: int
+    block: int  # key blocks are block x block pixels, their windows win x win
+    halo: int
+    block_q: int  # query blocks are block_q x block_q pixels
+    win: int
+    blocks_down: int
+    blocks_across: int
+    q0: int  # the first query channel of the query source
+    kv0: int  # the first key/value channel of the key/value source
+    mask: bool  # border="mask"
+    strips: bool  # tiles are strips (else blocks)
+    tiles: int  # tiles per task: block rows (strips) or blocks
+    tile_keys: int  # keys of a tile: win * (W + 2 halo) (strips) or win * win
+    tile_lanes: int  # queries of a tile: block_q * Wq (strips) or block_q * block_q
+    table_cols: int  # key columns of a tile: W + 2 halo (strips) or win
 
 
-@njit(cache=True, inline="always")
-def _head_scratch(q_src, q0, kv_src, kv0, b, hd, d_qk, d_v, halo):
-    """Task t's head, channel-last: queries (Hq*Wq, d_qk), and keys and values zero-padded by
-    the halo, (H + 2 halo, W + 2 halo, d)."""
-    H, W = kv_src.shape[1], kv_src.shape[2]
-    Hq, Wq = q_src.shape[1], q_src.shape[2]
-    dt = q_src.dtype
-    qpix = np.empty((Hq, Wq, d_qk), dt)
-    kpix = np.empty((H + 2 * halo, W + 2 * halo, d_qk), dt)
-    vpix = np.empty((H + 2 * halo, W + 2 * halo, d_v), dt)
-    _gather_head(q_src, b, q0 + hd * d_qk, 0, qpix)
-    kc0 = kv0 + hd * (d_qk + d_v)
-    _gather_head(kv_src, b, kc0, halo, kpix)
-    _gather_head(kv_src, b, kc0 + d_qk, halo, vpix)
-    return qpix.reshape(Hq * Wq, d_qk), kpix, vpix
+class Scales(NamedTuple):
+    """logits = content * q.k + position * (q . relative tables), in the maps' dtype."""
+
+    content: float
+    position: float
+    ratio: float  # position / content, in float64: the tables' share of content * d logits
 
 
-@njit(cache=True)
-def _position_logits(qflat, rh, rw):
-    """q . height_rel[r] and q . width_rel[r] for every query and table row r: (Hq*Wq, R) each,
-    one product per table for the whole map instead of small ones per block."""
-    qh = np.empty((qflat.shape[0], rh.shape[0]), qflat.dtype)
-    qw = np.empty((qflat.shape[0], rw.shape[0]), qflat.dtype)
-    np.dot(qflat, rh.T, qh)
-    np.dot(qflat, rw.T, qw)
-    return qh, qw
-
-
-@njit(cache=True)
-def _finish_grads(dqflat, qflat, dqh, dqw, rh, rw, dh, dw):
-    """After a task's tiles: dq += the position logits' share (q_h = q @ height_rel^T, so
-    dq += dq_h @ height_rel), and the task's table gradients dh = dq_h^T @ q (dw likewise)."""
-    tmp = np.empty_like(dqflat)
-    np.dot(dqh, rh, tmp)
-    dqflat += tmp
-    np.dot(dqw, rw, tmp)
-    dqflat += tmp
-    np.dot(dqh.T, qflat, dh)
-    np.dot(dqw.T, qflat, dw)
-
-
-@njit(fastmath=_FASTMATH, cache=True)
-def _forward_task(t, q_src, q0, kv_src, kv0, rh, rw, num_heads, block, halo, qs, scale,
-                  scale_pos, mask, strips, out_map, attn):  # fmt: skip
-    """Task t = b * num_heads + head of `_forward_kernel`."""
-    R, d_qk = rh.shape
-    geo = _geometry(q_src, kv_src, d_qk, out_map.shape[1], num_heads, block, halo, qs)
-    H, W, Hq, Wq, d_v, bq, win, Pq, Pw, nbh, nbw = geo
-    Wp = W + 2 * halo
-    # logits = cs * q.k + bs * position: (scale, 1) by default, (scale, scale) with scale_pos
-    cs = scale
-    bs = scale if scale_pos else scale / scale
-    dt = q_src.dtype
-    b, hd = t // num_heads, t % num_heads
-    qflat, kpix, vpix = _head_scratch(q_src, q0, kv_src, kv0, b, hd, d_qk, d_v, halo)
-    qh, qw = _position_logits(qflat, rh, rw)
-    if strips:
-        M, Ls = bq * Wq, win * Wp  # lanes: the block row's queries in pixel order; strip keys
-        Ht, WS = np.empty((win, M), dt), np.empty((Wp, M), dt)
-        mx, sm = np.empty(M, dt), np.empty(M, dt)
-        Ot = np.empty((d_v, M), dt)
-        for by in range(nbh):
-            Q = qflat[by * M : (by + 1) * M]
-            _tables(qh, qw, by, bq, Wq, 0, Wq, 0, block, halo, win, H, W, mask, bs, Ht, WS)
-            T = attn[b, hd, by].reshape(Ls, M)
-            np.dot(kpix[by * block : by * block + win].reshape(Ls, d_qk), Q.T, T)  # q . k
-            _logits(T, Ht, WS, cs, win)
-            _softmax(T, mx, sm)
-            np.dot(vpix[by * block : by * block + win].reshape(Ls, d_v).T, T, Ot)  # out^T
-            _lanes_to_map(Ot, out_map, b, hd * d_v, by * bq, 0, bq, Wq)
-    else:
-        Ht, WS = np.empty((win, Pq), dt), np.empty((win, Pq), dt)
-        mx, sm = np.empty(Pq, dt), np.empty(Pq, dt)
-        Q = np.empty((Pq, d_qk), dt)  # the block's queries
-        K = np.empty((Pw, d_qk), dt)  # its window's keys
-        V = np.empty((Pw, d_v), dt)
-        Ot = np.empty((d_v, Pq), dt)
-        for n in range(nbh * nbw):
-            by, bx = n // nbw, n % nbw
-            _block_rows(qflat, by * bq, bq, Wq, bx * bq, Q)
-            _tables(qh, qw, by, bq, Wq, bx * bq, bq, bx * block, block, halo, win, H, W, mask,
-                    bs, Ht, WS)  # fmt: skip
-            _copy_window(kpix, by * block, bx * block, win, K)  # padded coords: no "- halo"
-            _copy_window(vpix, by * block, bx * block, win, V)
-            T = attn[b, hd, n].reshape(Pw, Pq)
-            np.dot(K, Q.T, T)
-            _logits(T, Ht, WS, cs, win)
-            _softmax(T, mx, sm)
-            np.dot(V.T, T, Ot)
-            _lanes_to_map(Ot, out_map, b, hd * d_v, by * bq, bx * bq, bq, bq)
-
-
-@njit(parallel=True, cache=True)
-def _forward_kernel(q_src, q0, kv_src, kv0, rh, rw, num_heads, block, halo, qs, scale,
-                    scale_pos, mask, strips, out_map, attn):  # fmt: skip
-    """Fill out_map (B, heads*d_v, Hq, Wq) and attn, one task per (image, head). The task body
-    is its own function: helpers inlined straight into a prange loop were miscompiled (Numba
-    renames their variables inconsistently there), inlined into a plain function they are not."""
-    for t in prange(kv_src.shape[0] * num_heads):
-        _forward_task(t, q_src, q0, kv_src, kv0, rh, rw, num_heads, block, halo, qs, scale,
-                      scale_pos, mask, strips, out_map, attn)  # fmt: skip
-
-
-@njit(fastmath=_FASTMATH, cache=True)
-def _backward_task(t, dout_map, q_src, q0, kv_src, kv0, rh, rw, attn, num_heads, block, halo,
-                   qs, scale, scale_pos, strips, dq_dst, dq0, dkv_dst, dkv0, dh_part,
-                   dw_part):  # fmt: skip
-    """Task t = b * num_heads + head of `_backward_kernel`."""
-    R, d_qk = rh.shape
-    geo = _geometry(q_src, kv_src, d_qk, dout_map.shape[1], num_heads, block, halo, qs)
-    H, W, Hq, Wq, d_v, bq, win, Pq, Pw, nbh, nbw = geo
-    Wp = W + 2 * halo
-    cs = scale
-    ratio = scale / scale if scale_pos else 1 / scale  # position weight / content weight
-    dt = q_src.dtype
-    b, hd = t // num_heads, t % num_heads
-    qflat, kpix, vpix = _head_scratch(q_src, q0, kv_src, kv0, b, hd, d_qk, d_v, halo)
-    dqflat = np.empty((Hq * Wq, d_qk), dt)  # every query's row is written by its tile
-    dkpix, dvpix = np.zeros(kpix.shape, dt), np.zeros(vpix.shape, dt)  # windows add up
-    # d (q . height_rel[r]) for every query of the map (width likewise); the products with the
-    # tables run once per task, after the tiles
-    dqh, dqw = np.zeros((Hq * Wq, R), dt), np.zeros((Hq * Wq, R), dt)
-    if strips:
-        M, Ls = bq * Wq, win * Wp
-        Hd, WSd = np.empty((win, M), dt), np.empty((Wp, M), dt)
-        sm = np.empty(M, dt)
-        dOt = np.empty((d_v, M), dt)
-        G = np.empty((Ls, M), dt)  # d weights, then cs * d logits
-        tK, tV = np.empty((Ls, d_qk), dt), np.empty((Ls, d_v), dt)
-        for by in range(nbh):
-            Q = qflat[by * M : (by + 1) * M]
-            _map_to_lanes(dout_map, b, hd * d_v, by * bq, 0, bq, Wq, dOt)
-            A = attn[b, hd, by].reshape(Ls, M)
-            ks = kpix[by * block : by * block + win].reshape(Ls, d_qk)
-            vs = vpix[by * block : by * block + win].reshape(Ls, d_v)
-            # out^T = v^T @ A: d A = v @ dout^T, dv = A @ dout
-            np.dot(vs, dOt, G)
-            np.dot(A, dOt.T, tV)
-            # strips of neighbouring block rows overlap by 2 halo rows: added in row order
-            _add_into(tV, dvpix[by * block : by * block + win])
-            _softmax_grad(A, G, cs, win, sm, Hd, WSd)
-            _table_grads(Hd, WSd, by, bq, Wq, 0, Wq, 0, block, win, ratio, dqh, dqw)
-            # content logits = k @ q^T (cs is already in G)
-            np.dot(G.T, ks, dqflat[by * M : (by + 1) * M])
-            np.dot(G, Q, tK)
-            _add_into(tK, dkpix[by * block : by * block + win])
-    else:
-        Hd, WSd = np.empty((win, Pq), dt), np.empty((win, Pq), dt)
-        sm = np.empty(Pq, dt)
-        Q, dQ = np.empty((Pq, d_qk), dt), np.empty((Pq, d_qk), dt)
-        dOt = np.empty((d_v, Pq), dt)
-        K, dK = np.empty((Pw, d_qk), dt), np.empty((Pw, d_qk), dt)
-        V, dV = np.empty((Pw, d_v), dt), np.empty((Pw, d_v), dt)
-        G = np.empty((Pw, Pq), dt)
-        for n in range(nbh * nbw):
-            by, bx = n // nbw, n % nbw
-            _block_rows(qflat, by * bq, bq, Wq, bx * bq, Q)
-            _map_to_lanes(dout_map, b, hd * d_v, by * bq, bx * bq, bq, bq, dOt)
-            _copy_window(kpix, by * block, bx * block, win, K)
-            _copy_window(vpix, by * block, bx * block, win, V)
-            A = attn[b, hd, n].reshape(Pw, Pq)
-            np.dot(V, dOt, G)
-            np.dot(A, dOt.T, dV)
-            _softmax_grad(A, G, cs, win, sm, Hd, WSd)
-            _table_grads(Hd, WSd, by, bq, Wq, bx * bq, bq, bx * block, block, win, ratio, dqh,
-                         dqw)  # fmt: skip
-            np.dot(G.T, K, dQ)
-            np.dot(G, Q, dK)
-            # query blocks are disjoint; windows overlap, added in block order
-            _block_rows_back(dQ, by * bq, bq, Wq, bx * bq, dqflat)
-            _add_window(dK, dkpix, by * block, bx * block, win)
-            _add_window(dV, dvpix, by * block, bx * block, win)
-    _finish_grads(dqflat, qflat, dqh, dqw, rh, rw, dh_part[t], dw_part[t])
-    _scatter_head(dqflat.reshape(Hq, Wq, d_qk), 0, dq_dst, b, dq0 + hd * d_qk)
-    dc0 = dkv0 + hd * (d_qk + d_v)
-    _scatter_head(dkpix, halo, dkv_dst, b, dc0)
-    _scatter_head(dvpix, halo, dkv_dst, b, dc0 + d_qk)
-
-
-@njit(parallel=True, cache=True)
-def _backward_kernel(dout_map, q_src, q0, kv_src, kv0, rh, rw, attn, num_heads, block, halo, qs,
-                     scale, scale_pos, strips, dq_dst, dq0, dkv_dst, dkv0, dh_part,
-                     dw_part):  # fmt: skip
-    """Fill this head's channels of dq_dst and dkv_dst (every entry once) and the per-task
-    table gradients dh_part, dw_part (B*heads, R, d_qk)."""
-    for t in prange(kv_src.shape[0] * num_heads):
-        _backward_task(t, dout_map, q_src, q0, kv_src, kv0, rh, rw, attn, num_heads, block,
-                       halo, qs, scale, scale_pos, strips, dq_dst, dq0, dkv_dst, dkv0, dh_part,
-                       dw_part)  # fmt: skip
-
-
-# -- blocks or strips ------------------------------------------------------------------------
 # Measured on the tiny model (2 threads, batch 64, forward + backward): strips win for 2x2 query
 # blocks (strided layers, 1.6-1.9x) and for 4x4 ones (1.1x), blocks for 8x8 (1.4x, where the
-# strip would be 1.7x the window). `FAMILY` forces one ("blocks", "strips"; for tests).
+# strip would be 1.7x the window).
 STRIP_MAX_QUERIES = 16  # query blocks of at most this many pixels may use strips...
 STRIP_MAX_WASTE = 2.5  # ...if a strip holds at most this many times a window's keys
-FAMILY = None
 
 
-def _use_strips(block_q, win, W, halo):
-    """Whether a call takes the strip family (see the module docstring)."""
-    if FAMILY is not None:
-        return FAMILY == "strips"
+def _strips(family, block_q, win, W, halo):
+    """Whether a call cuts its work into strips: `family` ("blocks", "strips"), or when None
+    the measured rule above."""
+    if family is not None:
+        return family == "strips"
     return block_q * block_q <= STRIP_MAX_QUERIES and (W + 2 * halo) <= STRIP_MAX_WASTE * win
 
 
+def _geometry(q_src, q0, kv_src, kv0, d_qk, d_v, *, num_heads, block_size, halo_size,
+              query_stride, border, family):  # fmt: skip
+    """The `Geometry` of a call on pixel-major maps (see `halo_attention_forward_pixels`)."""
+    _, H, W, _ = kv_src.shape
+    Hq, Wq = q_src.shape[1:3]
+    block_q, win = block_size // query_stride, block_size + 2 * halo_size
+    blocks_down, blocks_across = H // block_size, W // block_size
+    strips = _strips(family, block_q, win, W, halo_size)
+    Wp = W + 2 * halo_size  # the padded map's width
+    if strips:
+        tiles, tile_keys, tile_lanes, table_cols = blocks_down, win * Wp, block_q * Wq, Wp
+    else:
+        tiles, tile_keys = blocks_down * blocks_across, win * win
+        tile_lanes, table_cols = block_q * block_q, win
+    return Geometry(num_heads, d_qk, d_v, H, W, Hq, Wq, block_size, halo_size, block_q, win,
+                    blocks_down, blocks_across, q0, kv0, border == "mask", strips, tiles,
+                    tile_keys, tile_lanes, table_cols)  # fmt: skip
+
+
+def _scales(dt, scale, scale_pos_embed):
+    """The `Scales` of a call: (scale, 1) by default, (scale, scale) with scale_pos_embed."""
+    content = dt.type(scale)
+    position = content if scale_pos_embed else dt.type(1)
+    return Scales(content, position, 1.0 if scale_pos_embed else 1.0 / float(content))
+
+
+# -- one task: one head of one image ------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _task_start(t, q_src, kv_src, geo):
+    """Task t = image * heads + head: (image, head, its queries (Hq*Wq, d_qk), its keys and
+    values zero-padded by the halo, (H + 2 halo, W + 2 halo, d_qk or d_v)), channel-last."""
+    b, head = t // geo.num_heads, t % geo.num_heads
+    dt = q_src.dtype
+    d_qk, d_v, halo = geo.d_qk, geo.d_v, geo.halo
+    queries = np.empty((geo.Hq, geo.Wq, d_qk), dt)
+    keys = np.empty((geo.H + 2 * halo, geo.W + 2 * halo, d_qk), dt)
+    values = np.empty((geo.H + 2 * halo, geo.W + 2 * halo, d_v), dt)
+    _gather_head(q_src, b, geo.q0 + head * d_qk, 0, queries)
+    k0 = geo.kv0 + head * (d_qk + d_v)
+    _gather_head(kv_src, b, k0, halo, keys)
+    _gather_head(kv_src, b, k0 + d_qk, halo, values)
+    return b, head, queries.reshape(geo.Hq * geo.Wq, d_qk), keys, values
+
+
+@njit(cache=True)
+def _position_logits(queries, height_rel, width_rel):
+    """q . height_rel[r] and q . width_rel[r] for every query and table row r: (Hq*Wq, R) each,
+    one product per table for the whole map instead of small ones per block."""
+    q_rows = np.empty((queries.shape[0], height_rel.shape[0]), queries.dtype)
+    q_cols = np.empty((queries.shape[0], width_rel.shape[0]), queries.dtype)
+    np.dot(queries, height_rel.T, q_rows)
+    np.dot(queries, width_rel.T, q_cols)
+    return q_rows, q_cols
+
+
+@njit(cache=True)
+def _finish_grads(dqueries, queries, dq_rows, dq_cols, height_rel, width_rel, dh, dw):
+    """After a task's tiles: dq += the position logits' share (q_rows = q @ height_rel^T, so
+    dq += dq_rows @ height_rel), and the task's table gradients dh = dq_rows^T @ q (dw
+    likewise)."""
+    tmp = np.empty_like(dqueries)
+    np.dot(dq_rows, height_rel, tmp)
+    dqueries += tmp
+    np.dot(dq_cols, width_rel, tmp)
+    dqueries += tmp
+    np.dot(dq_rows.T, queries, dh)
+    np.dot(dq_cols.T, queries, dw)
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _forward_task(t, q_src, kv_src, height_rel, width_rel, geo, scales, out_map, attn):
+    """Task t of `_forward_kernel`: every tile of one head of one image."""
+    b, head, queries, keys, values = _task_start(t, q_src, kv_src, geo)
+    q_rows, q_cols = _position_logits(queries, height_rel, width_rel)
+    dt = q_src.dtype
+    n_keys, n_lanes, bq = geo.tile_keys, geo.tile_lanes, geo.block_q
+    row_table = np.empty((geo.win, n_lanes), dt)
+    col_table = np.empty((geo.table_cols, n_lanes), dt)
+    mx, sm = np.empty(n_lanes, dt), np.empty(n_lanes, dt)
+    out_lanes = np.empty((geo.d_v, n_lanes), dt)  # the tile's outputs, queries as lanes
+    copies = 0 if geo.strips else 1  # only blocks copy their operands out
+    q_tile = np.empty((copies * n_lanes, geo.d_qk), dt)
+    k_tile = np.empty((copies * n_keys, geo.d_qk), dt)
+    v_tile = np.empty((copies * n_keys, geo.d_v), dt)
+    for n in range(geo.tiles):
+        by, x0q, ncols, x0k = _tile_at(n, geo)
+        Q, Kt, V = _tile_operands(queries, keys, values, by, x0q, x0k, geo, q_tile, k_tile, v_tile)
+        _tables(q_rows, q_cols, by, x0q, ncols, x0k, geo, scales.position, row_table, col_table)
+        T = attn[b, head, n].reshape(n_keys, n_lanes)
+        np.dot(Kt, Q.T, T)  # q . k
+        _logits(T, row_table, col_table, scales.content, geo.win)
+        _softmax(T, mx, sm)
+        np.dot(V.T, T, out_lanes)  # out^T = V^T @ weights
+        _lanes_to_map(out_lanes, out_map, b, head * geo.d_v, by * bq, x0q, bq, ncols)
+
+
+@njit(parallel=True, cache=True)
+def _forward_kernel(q_src, kv_src, height_rel, width_rel, geo, scales, out_map, attn):
+    """Fill out_map (B, heads*d_v, Hq, Wq) and attn, one task per (image, head). The task body
+    is its own function: helpers inlined straight into a prange loop were miscompiled (Numba
+    renames their variables inconsistently there), inlined into a plain function they are not."""
+    for t in prange(kv_src.shape[0] * geo.num_heads):
+        _forward_task(t, q_src, kv_src, height_rel, width_rel, geo, scales, out_map, attn)
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _backward_task(t, dout_map, q_src, kv_src, height_rel, width_rel, attn, geo, scales, dq_dst,
+                   dq0, dkv_dst, dkv0, dh_part, dw_part):  # fmt: skip
+    """Task t of `_backward_kernel`: every tile of one head of one image, in the forward's
+    order."""
+    b, head, queries, keys, values = _task_start(t, q_src, kv_src, geo)
+    dt = q_src.dtype
+    n_keys, n_lanes, bq, d_qk, d_v = geo.tile_keys, geo.tile_lanes, geo.block_q, geo.d_qk, geo.d_v
+    R = height_rel.shape[0]
+    dqueries = np.empty(queries.shape, dt)  # every query's row is written by its tile
+    dkeys, dvalues = np.zeros(keys.shape, dt), np.zeros(values.shape, dt)  # windows add up
+    # d (q . height_rel[r]) for every query of the map (width likewise); the products with the
+    # tables run once per task, after the tiles
+    dq_rows, dq_cols = np.zeros((queries.shape[0], R), dt), np.zeros((queries.shape[0], R), dt)
+    drow, dcol = np.empty((geo.win, n_lanes), dt), np.empty((geo.table_cols, n_lanes), dt)
+    sm = np.empty(n_lanes, dt)
+    dout_lanes = np.empty((d_v, n_lanes), dt)
+    G = np.empty((n_keys, n_lanes), dt)  # d weights, then content scale * d logits
+    dk_tile, dv_tile = np.empty((n_keys, d_qk), dt), np.empty((n_keys, d_v), dt)
+    copies = 0 if geo.strips else 1  # only blocks copy their operands out (and dQ back)
+    q_tile = np.empty((copies * n_lanes, d_qk), dt)
+    k_tile = np.empty((copies * n_keys, d_qk), dt)
+    v_tile = np.empty((copies * n_keys, d_v), dt)
+    dq_tile = np.empty((copies * n_lanes, d_qk), dt)
+    key_cols = geo.table_cols  # a tile's keys: win rows of this many padded columns
+    for n in range(geo.tiles):
+        by, x0q, ncols, x0k = _tile_at(n, geo)
+        Q, Kt, V = _tile_operands(queries, keys, values, by, x0q, x0k, geo, q_tile, k_tile, v_tile)
+        _map_to_lanes(dout_map, b, head * d_v, by * bq, x0q, bq, ncols, dout_lanes)
+        A = attn[b, head, n].reshape(n_keys, n_lanes)
+        # out^T = V^T @ A: d A = V @ dout^T, dV = A @ dout
+        np.dot(V, dout_lanes, G)
+        np.dot(A, dout_lanes.T, dv_tile)
+        _softmax_grad(A, G, scales.content, geo.win, sm, drow, dcol)
+        _table_grads(drow, dcol, by, x0q, ncols, x0k, geo, scales.ratio, dq_rows, dq_cols)
+        # content logits = K @ Q^T (the content scale is already in G); a strip's queries are
+        # one block row of the map, written in place
+        dQ = dqueries[by * n_lanes : (by + 1) * n_lanes] if geo.strips else dq_tile
+        np.dot(G.T, Kt, dQ)
+        np.dot(G, Q, dk_tile)
+        if not geo.strips:  # query blocks are disjoint
+            _block_rows_back(dQ, by * bq, bq, geo.Wq, x0q, dqueries)
+        # windows (strips) of neighbouring tiles overlap: added in tile order
+        _add_window(dk_tile, dkeys, by * geo.block, x0k, geo.win, key_cols)
+        _add_window(dv_tile, dvalues, by * geo.block, x0k, geo.win, key_cols)
+    _finish_grads(dqueries, queries, dq_rows, dq_cols, height_rel, width_rel, dh_part[t],
+                  dw_part[t])  # fmt: skip
+    _scatter_head(dqueries.reshape(geo.Hq, geo.Wq, d_qk), 0, dq_dst, b, dq0 + head * d_qk)
+    k0 = dkv0 + head * (d_qk + d_v)
+    _scatter_head(dkeys, geo.halo, dkv_dst, b, k0)
+    _scatter_head(dvalues, geo.halo, dkv_dst, b, k0 + d_qk)
+
+
+@njit(parallel=True, cache=True)
+def _backward_kernel(dout_map, q_src, kv_src, height_rel, width_rel, attn, geo, scales, dq_dst,
+                     dq0, dkv_dst, dkv0, dh_part, dw_part):  # fmt: skip
+    """Fill this call's channels of dq_dst and dkv_dst (every entry once) and the per-task
+    table gradients dh_part, dw_part (B*heads, R, d_qk)."""
+    for t in prange(kv_src.shape[0] * geo.num_heads):
+        _backward_task(t, dout_map, q_src, kv_src, height_rel, width_rel, attn, geo, scales,
+                       dq_dst, dq0, dkv_dst, dkv0, dh_part, dw_part)  # fmt: skip
+
+
 # -- the core on pixel-major maps ----------------------------------------------------------------
+class PixelAttentionCache(NamedTuple):
+    """What `halo_attention_backward_pixels` needs; refers to the forward's inputs (no copies)."""
+
+    q_src: np.ndarray  # (B, Hq, Wq, Cq)
+    kv_src: np.ndarray  # (B, H, W, Ckv)
+    height_rel: np.ndarray  # (2*win - 1, d_qk), contiguous, in the maps' dtype
+    width_rel: np.ndarray
+    attn: np.ndarray  # (B, heads, tiles, tile keys * tile lanes): the weights, tile by tile
+    geometry: Geometry
+    scales: Scales
+
+
 def _check_dtypes(q, kv, rel):
     dt = kv.dtype
     if dt not in (np.float32, np.float64) or q.dtype != dt or rel.dtype != dt:
@@ -595,34 +624,29 @@ def halo_attention_forward_pixels(
     scale,
     scale_pos_embed=False,
     border="zeros",
+    family=None,
 ):
     """Halo attention on pixel-major maps (the layout the layer's projections write).
 
     q_src: (B, H/s, W/s, Cq), the queries in channels q0 : q0 + heads*d_qk (head-major);
     kv_src: (B, H, W, Ckv), the keys and values in channels kv0 : kv0 + heads*(d_qk + d_v),
     per head [k | v]; the two may be one array (one projection for q and kv). height_rel,
-    width_rel: (2*win - 1, d_qk). Returns out (B, heads*d_v, H/s, W/s), channel-first, and a
-    cache for `halo_attention_backward_pixels`, which refers to the inputs (no copies).
+    width_rel: (2*win - 1, d_qk). family: "blocks", "strips" or None (chosen by `_strips`).
+    Returns out (B, heads*d_v, H/s, W/s), channel-first, and a `PixelAttentionCache`.
     """
     dt = _check_dtypes(q_src, kv_src, height_rel)
-    B, H, W, _ = kv_src.shape
-    Hq, Wq = q_src.shape[1:3]
-    bq = block_size // query_stride
-    win = block_size + 2 * halo_size
-    nbh, nbw = H // block_size, W // block_size
-    strips = _use_strips(bq, win, W, halo_size)
-    out_map = np.empty((B, num_heads * d_v, Hq, Wq), dt)
-    if strips:  # per block row: (win * (W + 2 halo) strip keys, bq * Wq queries)
-        attn = np.empty((B, num_heads, nbh, win * (W + 2 * halo_size) * bq * Wq), dt)
-    else:  # per block: (win * win keys, bq * bq queries)
-        attn = np.empty((B, num_heads, nbh * nbw, win * win * bq * bq), dt)
+    geo = _geometry(q_src, q0, kv_src, kv0, height_rel.shape[1], d_v, num_heads=num_heads,
+                    block_size=block_size, halo_size=halo_size, query_stride=query_stride,
+                    border=border, family=family)  # fmt: skip
+    scales = _scales(dt, scale, scale_pos_embed)
+    B = kv_src.shape[0]
+    out_map = np.empty((B, num_heads * d_v, geo.Hq, geo.Wq), dt)
+    attn = np.empty((B, num_heads, geo.tiles, geo.tile_keys * geo.tile_lanes), dt)
     rh = np.ascontiguousarray(height_rel, dtype=dt)
     rw = np.ascontiguousarray(width_rel, dtype=dt)
-    args = (num_heads, block_size, halo_size, query_stride, dt.type(scale), bool(scale_pos_embed))
     with one_blas_thread():  # the tasks' products run inside Numba's threads
-        _forward_kernel(q_src, q0, kv_src, kv0, rh, rw, *args, border == "mask", strips,
-                        out_map, attn)  # fmt: skip
-    return out_map, (q_src, q0, kv_src, kv0, rh, rw, attn, args, strips)
+        _forward_kernel(q_src, kv_src, rh, rw, geo, scales, out_map, attn)
+    return out_map, PixelAttentionCache(q_src, kv_src, rh, rw, attn, geo, scales)
 
 
 def halo_attention_backward_pixels(dout_map, cache, dq_dst, dq0, dkv_dst, dkv0):
@@ -630,21 +654,20 @@ def halo_attention_backward_pixels(dout_map, cache, dq_dst, dq0, dkv_dst, dkv0):
     channels of dq_dst and dkv_dst (shaped like q_src and kv_src, channels at dq0 and dkv0; the
     same array when q_src and kv_src were); every entry of those channels is written. dout_map:
     (B, heads*d_v, H/s, W/s). Returns dheight_rel, dwidth_rel (2*win - 1, d_qk)."""
-    q_src, q0, kv_src, kv0, rh, rw, attn, args, strips = cache
-    dt = kv_src.dtype
-    B, num_heads = attn.shape[:2]
-    R, d_qk = rh.shape
-    dh_part = np.empty((B * num_heads, R, d_qk), dt)
-    dw_part = np.empty((B * num_heads, R, d_qk), dt)
+    dt = cache.kv_src.dtype
+    tasks = cache.kv_src.shape[0] * cache.geometry.num_heads
+    dh_part = np.empty((tasks,) + cache.height_rel.shape, dt)
+    dw_part = np.empty((tasks,) + cache.width_rel.shape, dt)
     dout_map = np.ascontiguousarray(dout_map, dtype=dt)
     with one_blas_thread():
-        _backward_kernel(dout_map, q_src, q0, kv_src, kv0, rh, rw, attn, *args, strips, dq_dst,
-                         dq0, dkv_dst, dkv0, dh_part, dw_part)  # fmt: skip
+        _backward_kernel(dout_map, cache.q_src, cache.kv_src, cache.height_rel, cache.width_rel,
+                         cache.attn, cache.geometry, cache.scales, dq_dst, dq0, dkv_dst, dkv0,
+                         dh_part, dw_part)  # fmt: skip
     # fixed-order reduction over tasks: deterministic whatever the thread count
     return dh_part.sum(axis=0), dw_part.sum(axis=0)
 
 
-# -- the core on channel-first maps: the contract of the NumPy reference ---------------------------
+# -- the core on channel-first maps: the contract of core.halo_attention_forward ------------------
 def _pixels(a, dt):
     """(B, C, H, W) -> a pixel-major copy (B, H, W, C)."""
     return np.ascontiguousarray(np.asarray(a).transpose(0, 2, 3, 1), dtype=dt)
@@ -663,8 +686,11 @@ def halo_attention_forward_numba(
     scale,
     scale_pos_embed=False,
     border="zeros",
+    family=None,
 ):
-    """Halo attention on projected maps, with the Numba kernels (same contract as the reference).
+    """Halo attention on projected maps, with the Numba kernels (the contract of
+    `halo_ref.attention.core.halo_attention_forward`; family: see
+    `halo_attention_forward_pixels`).
 
     q_map: (B, heads*d_qk, H/s, W/s); kv_map: (B, heads*(d_qk+d_v), H, W), per head [k | v];
     height_rel, width_rel: (2*win - 1, d_qk). Returns out (B, heads*d_v, H/s, W/s) and a cache
@@ -688,6 +714,7 @@ def halo_attention_forward_numba(
         scale=scale,
         scale_pos_embed=scale_pos_embed,
         border=border,
+        family=family,
     )
 
 
@@ -697,23 +724,37 @@ def halo_attention_backward_numba(dout_map, cache):
     dout_map: (B, heads*d_v, H/s, W/s). Returns dq_map (like q_map), dkv_map (like kv_map),
     dheight_rel and dwidth_rel (2*win - 1, d_qk).
     """
-    q_src, _, kv_src, _ = cache[:4]
-    dq, dkv = np.empty_like(q_src), np.empty_like(kv_src)
+    dq, dkv = np.empty_like(cache.q_src), np.empty_like(cache.kv_src)
     dh, dw = halo_attention_backward_pixels(dout_map, cache, dq, 0, dkv, 0)
     channel_first = (0, 3, 1, 2)
     dq_map = np.ascontiguousarray(dq.transpose(channel_first))
     return dq_map, np.ascontiguousarray(dkv.transpose(channel_first)), dh, dw
 
 
-# -- the layer: projections and attention ---------------------------------------------------------
-def halo_layer_forward_numba(x, params, *, query_stride, **core_kwargs):
-    """`HaloAttention`'s projections and attention (before any pooling), on Numba's threads.
+# -- the layer: projections and attention, the contract of core.halo_layer_forward ---------------
+class NumbaLayerCache(NamedTuple):
+    """What `halo_layer_backward_numba` needs."""
 
-    x: (B, dim, H, W); params: the layer's parameters by timm's names (`q.weight`,
-    `kv.weight`, optional `q.bias`, `kv.bias`, `pos_embed.height_rel`, `pos_embed.width_rel`);
-    core_kwargs: the core's other keyword arguments. Returns out (B, heads*d_v, H/s, W/s) and
-    a cache for `halo_layer_backward_numba`. Without query stride the two projections are one
-    product into one pixel-major map, queries first.
+    attention: PixelAttentionCache
+    q_projection: Conv1x1KernelCache  # the queries' projection, or q and kv's when fused
+    kv_projection: Conv1x1KernelCache | None  # None when fused
+    q_channels: int  # heads * d_qk: the queries' channels (the first ones, when fused)
+    has_bias: bool
+
+    @property
+    def fused(self) -> bool:
+        """Whether one product projected q and kv together (no query stride)."""
+        return self.kv_projection is None
+
+
+def halo_layer_forward_numba(x, params, *, query_stride, family=None, **core_kwargs):
+    """`HaloAttention`'s projections and attention (before any pooling), on Numba's threads:
+    the contract of `halo_ref.attention.core.halo_layer_forward` (family: see
+    `halo_attention_forward_pixels`).
+
+    x: (B, dim, H, W); params: the layer's parameters by timm's names. Returns out (B,
+    heads*d_v, H/s, W/s) and a `NumbaLayerCache`. Without query stride the two projections are
+    one product into one pixel-major map, queries first.
     """
     wq, wkv = params["q.weight"], params["kv.weight"]
     bq, bkv = params.get("q.bias"), params.get("kv.bias")
@@ -724,62 +765,34 @@ def halo_layer_forward_numba(x, params, *, query_stride, **core_kwargs):
     if query_stride == 1:
         w = np.concatenate([wq, wkv]).reshape(Cq + wkv.shape[0], -1)
         b = None if bq is None else np.concatenate([bq, bkv])
-        qkv, proj = conv1x1_to_pixels(x, w, b)
-        q_src, q0, kv_src, kv0, projs = qkv, 0, qkv, Cq, (proj,)
+        qkv, q_proj = conv1x1_to_pixels(x, w, b)  # B, H, W, Cq + Ckv
+        q_src, q0, kv_src, kv0, kv_proj = qkv, 0, qkv, Cq, None
     else:
-        q_src, q_proj = conv1x1_to_pixels(x, wq, bq, query_stride)
-        kv_src, kv_proj = conv1x1_to_pixels(x, wkv, bkv)
+        q_src, q_proj = conv1x1_to_pixels(x, wq, bq, query_stride)  # B, H/s, W/s, Cq
+        kv_src, kv_proj = conv1x1_to_pixels(x, wkv, bkv)  # B, H, W, Ckv
         q0 = kv0 = 0
-        projs = (q_proj, kv_proj)
     out, attn_cache = halo_attention_forward_pixels(
-        q_src, q0, kv_src, kv0, *rel, d_v=d_v, query_stride=query_stride, **core_kwargs
-    )
-    return out, (attn_cache, projs, Cq, bq is not None)
+        q_src, q0, kv_src, kv0, *rel, d_v=d_v, query_stride=query_stride, family=family,
+        **core_kwargs,
+    )  # fmt: skip
+    return out, NumbaLayerCache(attn_cache, q_proj, kv_proj, Cq, bq is not None)
 
 
 def halo_layer_backward_numba(dout, cache):
     """Gradients of `halo_layer_forward_numba`: dx (B, dim, H, W) and a dict of the parameter
     gradients by timm's names."""
-    attn_cache, projs, Cq, has_bias = cache
-    q_src, _, kv_src, _ = attn_cache[:4]
-    if len(projs) == 1:  # one map, queries first
-        dqkv = np.empty_like(q_src)
-        dh, dw = halo_attention_backward_pixels(dout, attn_cache, dqkv, 0, dqkv, Cq)
-        dx, dwall, dball = conv1x1_to_pixels_backward(dqkv, projs[0])
+    attention, Cq = cache.attention, cache.q_channels
+    if cache.fused:  # one map, queries first
+        dqkv = np.empty_like(attention.q_src)
+        dh, dw = halo_attention_backward_pixels(dout, attention, dqkv, 0, dqkv, Cq)
+        dx, dwall, dball = conv1x1_to_pixels_backward(dqkv, cache.q_projection)
         dwq, dwkv = dwall[:Cq], dwall[Cq:]
-        dbq, dbkv = (dball[:Cq], dball[Cq:]) if has_bias else (None, None)
+        dbq, dbkv = (dball[:Cq], dball[Cq:]) if cache.has_bias else (None, None)
     else:
-        dq, dkv = np.empty_like(q_src), np.empty_like(kv_src)
-        dh, dw = halo_attention_backward_pixels(dout, attn_cache, dq, 0, dkv, 0)
-        dx, dwkv, dbkv = conv1x1_to_pixels_backward(dkv, projs[1])
-        _, dwq, dbq = conv1x1_to_pixels_backward(dq, projs[0], add_into=dx)  # strided pixels
+        dq, dkv = np.empty_like(attention.q_src), np.empty_like(attention.kv_src)
+        dh, dw = halo_attention_backward_pixels(dout, attention, dq, 0, dkv, 0)
+        dx, dwkv, dbkv = conv1x1_to_pixels_backward(dkv, cache.kv_projection)
+        _, dwq, dbq = conv1x1_to_pixels_backward(dq, cache.q_projection, add_into=dx)  # strided
     as_conv = (slice(None), slice(None), None, None)  # (O, C) -> (O, C, 1, 1)
     dwq, dwkv = np.ascontiguousarray(dwq)[as_conv], np.ascontiguousarray(dwkv)[as_conv]
-    return dx, _layer_grads(dwq, dwkv, dh, dw, (dbq, dbkv) if has_bias else None)
-
-
-def warm_up(dtypes=(np.float32, np.float64)):
-    """Compile the kernels for each dtype (or load them from the disk cache) by running a tiny
-    case of each; returns the seconds spent. Call it once before timing anything."""
-    start = time.perf_counter()
-    rng = np.random.default_rng(0)
-    for dt in dtypes:
-        q = rng.standard_normal((1, 2, 4, 4)).astype(dt)
-        kv = rng.standard_normal((1, 4, 4, 4)).astype(dt)
-        rel = rng.standard_normal((9, 2)).astype(dt)
-        kwargs = dict(num_heads=1, block_size=2, halo_size=1, scale=0.5, border="mask")
-        out, cache = halo_attention_forward_numba(q, kv, rel, rel, **kwargs)  # one kernel pair
-        halo_attention_backward_numba(out, cache)  # serves blocks and strips
-        y, cache = conv1x1_to_pixels(kv, rng.standard_normal((3, 4)).astype(dt), None, 2)
-        dx, _, _ = conv1x1_to_pixels_backward(y, cache)
-        conv1x1_to_pixels_backward(y, cache, add_into=dx)
-        y, cache = conv1x1_forward(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
-        conv1x1_backward(y, cache)
-        x3 = np.ascontiguousarray(kv.reshape(1, 4, -1))
-        out, mean, _, invstd = batchnorm_train_forward(x3, x3[0, :, 0], x3[0, :, 1], 1e-5)
-        batchnorm_train_backward(out, x3, mean, x3[0, :, 0], invstd)
-        out = silu_forward(x3)
-        silu_backward(add(out, x3), x3)
-        y, cache = conv2d_forward(kv, rng.standard_normal((3, 4, 3, 3)).astype(dt), None, 2, 1)
-        conv2d_backward(y, cache)
-    return time.perf_counter() - start
+    return dx, layer_grads(dwq, dwkv, dh, dw, (dbq, dbkv) if cache.has_bias else None)

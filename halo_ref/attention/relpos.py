@@ -16,7 +16,19 @@ picking entries by index is cheaper than building a win*win vector per query.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class RelposCache(NamedTuple):
+    """What `relpos_backward` needs: the queries, both tables and the index matrices."""
+
+    q: np.ndarray  # (..., P, d)
+    height_rel: np.ndarray  # (2*win - 1, d)
+    width_rel: np.ndarray
+    idx_h: np.ndarray  # (P, win) int
+    idx_w: np.ndarray
 
 
 def relative_indices(block_q, win):
@@ -49,7 +61,7 @@ def relpos_forward(q, height_rel, width_rel, block_q):
     logit_w = np.take_along_axis(q_w, np.broadcast_to(idx_w, lead + (win,)), axis=-1)  # ..., P, kx
     bias = logit_h[..., :, None] + logit_w[..., None, :]  # ..., P, ky, kx
     bias = bias.reshape(lead + (win * win,))
-    return bias, (q, height_rel, width_rel, idx_h, idx_w)
+    return bias, RelposCache(q, height_rel, width_rel, idx_h, idx_w)
 
 
 def relpos_backward(dbias, cache):

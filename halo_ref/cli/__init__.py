@@ -1,1 +1,2 @@
-"""Sub-commands of the `halo-ref` command line, one module each (see halo_ref.cli)."""
+"""The `halo-ref` command line: `main` (also `python -m halo_ref`) and one module per
+sub-command, each with `register(subparsers)` and `run(args)`."""

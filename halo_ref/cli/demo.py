@@ -6,6 +6,10 @@ import time
 
 import numpy as np
 
+from ..attention.dense import dense_halo_attention_forward, halo_attention_loops
+from ..attention.layer import HaloAttention
+from ..verification.testing import check_layer_gradients, relative_error
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,10 +23,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..attention import HaloAttention
-    from ..attention.dense import dense_halo_attention_forward, halo_attention_loops
-    from ..verification.testing import check_layer_gradients, relative_error
-
     rng = np.random.default_rng(args.seed)
     layer = HaloAttention(16, 16, num_heads=4, block_size=4, halo_size=2, dtype=np.float64, rng=rng)
     x = rng.standard_normal((2, 16, 8, 12))

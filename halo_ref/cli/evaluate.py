@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..training.data import DATASETS_HELP
+from ..training.evaluate import evaluate_checkpoint
 
 
 def register(sub) -> None:
@@ -21,8 +22,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..training.loop import evaluate_checkpoint
-
     result = evaluate_checkpoint(
         args.checkpoint,
         dataset=args.dataset,

@@ -7,27 +7,26 @@ whose `func` default takes the parsed arguments and returns an exit status.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from .. import __version__
 from .._checks import HaloRefError
+from . import demo, evaluate, params, train, vectors, verify
 
-# modules under halo_ref/commands, one per sub-command
-COMMANDS = ["demo", "vectors", "verify", "train", "evaluate", "params"]
+# one module per sub-command, in the order of `halo-ref --help`
+COMMANDS = (demo, vectors, verify, train, evaluate, params)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command registered."""
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="halo-ref",
         description="halo_ref: a NumPy + Numba reference implementation of HaloNet.",
     )
     parser.add_argument("--version", action="version", version=f"halo_ref {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"halo_ref.cli.{name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .._checks import check_choice
+from ..models import CONFIGS, NAMES, PAPER_TABLE, count_params, halonet
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -23,9 +26,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .._checks import check_choice
-    from ..models import CONFIGS, NAMES, PAPER_TABLE, count_params, halonet
-
     names = (
         args.models.split(",") if args.models else [r[0] for r in PAPER_TABLE] + ["micro", "tiny"]
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from ..training.config import TrainConfig, resolve_config
 from ..training.data import DATASETS_HELP
+from ..training.loop import train
 
 
 def register(sub) -> None:
@@ -55,9 +57,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..training import loop as training
-
-    cfg = training.TrainConfig(
+    cfg = TrainConfig(
         dataset=args.dataset,
         model=args.model,
         epochs=args.epochs,
@@ -79,9 +79,9 @@ def run(args) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     try:
-        training.train(cfg, progress=not args.no_progress)
+        train(cfg, progress=not args.no_progress)
     except KeyboardInterrupt:
-        out = training.resolve_config(cfg).out
+        out = resolve_config(cfg).out
         print(
             f"halo-ref: interrupted; the last checkpoint in {out} is kept: run the same command "
             "with --resume to continue",

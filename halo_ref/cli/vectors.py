@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from ..verification.vectors import MANIFEST, write_vectors
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,8 +23,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..verification.vectors import MANIFEST, write_vectors
-
     t0 = time.perf_counter()
     manifest = write_vectors(args.out, seed=args.seed)
     files = [f for v in manifest["vectors"] for f in v["files"].values()]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ..verification.adapters import resolve_adapter
+from ..verification.vectors import DTYPES, generate_vectors, load_vectors
+from ..verification.verify import verify
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -41,9 +45,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..verification.vectors import DTYPES, generate_vectors, load_vectors
-    from ..verification.verify import resolve_adapter, verify
-
     dtypes = DTYPES if args.dtype == "all" else (args.dtype,)
     adapter = resolve_adapter(args.against)
     if args.vectors:

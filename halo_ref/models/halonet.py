@@ -1,23 +1,20 @@
-"""HaloNet (paper, section 4 "HaloNet" and table 2): a ResNet whose 3x3 convolutions are
-replaced by halo attention, with its bottleneck block, stem, stages and head.
+"""HaloNet (paper, section 4 "HaloNet"): a ResNet whose 3x3 convolutions are replaced by halo
+attention, with its bottleneck block, stem, stages and head.
 
     stem -> stage 1 .. stage 4 (bottleneck blocks, each: 1x1 conv -> halo attention(stride)
     -> BN + act -> 1x1 conv -> BN -> + shortcut -> act) -> [1x1 conv to df] -> mean -> linear
 
-Each block's width is set by three numbers: `mid` (the bottleneck width: input of the
-attention and its query/key width), `mid * rv` (the attention's value and output width) and
-`out` (the block's output width). The paper's family H0..H7 and two small models for CPU
-training ("micro", "tiny") are named configurations of the same code; see docs/models.md for
-every choice the paper leaves open and why it was made this way.
+The paper's family H0..H7 and two small models for CPU training ("micro", "tiny") are named
+configurations (`halo_ref.models.configs`) of this one network.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from .. import backend as backends
 from .._checks import (
     HaloRefError,
     check_choice,
@@ -25,142 +22,11 @@ from .._checks import (
     check_positive_int,
     float_dtype,
 )
-from ..attention import HaloAttention, make_divisible
-from ..nn.functional import add
+from ..attention.layer import HaloAttention
 from ..nn.init import as_generator
 from ..nn.layers import ACTIVATIONS, BnAct, ConvBnAct, GlobalAvgPool, Linear, MaxPool2d, Sequential
 from ..nn.module import Module
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """One stage: `depth` bottleneck blocks, the first one with `stride`.
-
-    mid: bottleneck width (attention input and query/key width); out: block output width;
-    value_mult (rv): attention value/output width = mid * value_mult; num_heads heads of
-    mid / num_heads query/key channels; block_size, halo_size: the attention's b and h.
-    """
-
-    depth: int
-    out: int
-    mid: int
-    num_heads: int
-    stride: int
-    block_size: int
-    halo_size: int
-    value_mult: float = 1.0
-
-
-@dataclass(frozen=True)
-class HaloNetConfig:
-    """A whole network.
-
-    stem: (out_channels, kernel_size, stride) of each conv-BN-act of the stem;
-    stem_pool: a 3x3 stride-2 max pool ends the stem (ResNet's); final_chs: width of the 1x1
-    conv-BN-act before pooling (the paper's df), or None; act: "silu" or "relu";
-    pad_to_blocks: zero-pad a feature map whose size the attention cannot block (H7's 600 px
-    gives 75 px maps for b = 10); otherwise such an input is an error.
-    image_size, paper_params, paper_top1: the paper's table 2 entries (None for ours).
-    """
-
-    name: str
-    stem: tuple[tuple[int, int, int], ...]
-    stem_pool: bool
-    stages: tuple[StageConfig, ...]
-    final_chs: int | None
-    act: str = "silu"
-    pad_to_blocks: bool = False
-    image_size: int = 224
-    paper_params: float | None = None
-    paper_top1: float | None = None
-    zero_init_last: bool = True
-
-
-# -- the paper's family (table 2) ------------------------------------------------------------
-#     name   b   h   rv    rb    l3  df    image  params(M) top-1
-PAPER_TABLE = (
-    ("h0", 8, 3, 1.0, 0.5, 7, None, 256, 5.5, 77.9),
-    ("h1", 8, 3, 1.0, 1.0, 10, None, 256, 8.1, 79.9),
-    ("h2", 8, 3, 1.0, 1.25, 11, None, 256, 9.4, 80.4),
-    ("h3", 10, 3, 1.0, 1.5, 12, 1024, 320, 11.8, 81.9),
-    ("h4", 12, 2, 1.0, 3.0, 12, 1280, 384, 19.1, 83.3),
-    ("h5", 14, 2, 2.5, 2.0, 23, 1536, 448, 30.7, 84.0),
-    ("h6", 8, 4, 3.0, 2.75, 24, 1536, 512, 43.4, 84.4),
-    ("h7", 10, 3, 4.0, 3.5, 26, 2048, 600, 67.4, 84.9),
-)
-
-
-def _paper_config(name, b, h, rv, rb, l3, df, image, params, top1) -> HaloNetConfig:
-    """ResNet-50's skeleton: 7x7/2 stem + max pool, bottleneck widths 64..512, output widths
-    (64..512) x rb, depths [3, 3, l3, 3], 4 heads in stage 1 and 8 after, SiLU."""
-    mids, heads, strides = (64, 128, 256, 512), (4, 8, 8, 8), (1, 2, 2, 2)
-    stages = tuple(
-        StageConfig(
-            depth=d,
-            out=make_divisible(m * rb, 8),
-            mid=m,
-            num_heads=nh,
-            stride=s,
-            block_size=b,
-            halo_size=h,
-            value_mult=rv,
-        )
-        for d, m, nh, s in zip((3, 3, l3, 3), mids, heads, strides, strict=True)
-    )
-    return HaloNetConfig(
-        name=name,
-        stem=((64, 7, 2),),
-        stem_pool=True,
-        stages=stages,
-        final_chs=df,
-        act="silu",
-        pad_to_blocks=True,
-        image_size=image,
-        paper_params=params,
-        paper_top1=top1,
-    )
-
-
-CONFIGS: dict[str, HaloNetConfig] = {row[0]: _paper_config(*row) for row in PAPER_TABLE}
-
-# "micro": the bundled 8x8 digits. One 3x3 conv lifts the single channel to 16; then
-# attention at 8x8 (blocks of 4 with a 1-pixel halo, so each window of 6x6 overlaps its
-# neighbours) and a stride-2 attention block down to 4x4, where one 4x4 block with its halo
-# covers the whole map. About 20k parameters: the data set has 1797 images.
-CONFIGS["micro"] = HaloNetConfig(
-    name="micro",
-    stem=((16, 3, 1),),
-    stem_pool=False,
-    stages=(
-        StageConfig(depth=1, out=32, mid=16, num_heads=2, stride=1, block_size=4, halo_size=1),
-        StageConfig(depth=2, out=64, mid=32, num_heads=2, stride=2, block_size=4, halo_size=1),
-    ),
-    final_chs=None,
-    image_size=8,
-)
-
-# "tiny": CIFAR-10 on two CPU cores. Cost follows resolution: attention at 32x32 dominates a
-# HaloNet's time on a CPU (8-dimensional heads make its many small matrix products slow), so
-# the stem does the 32x32 work with two cheap 3x3 convolutions (the second with stride 2) and
-# attention starts at 16x16, with 16-dimensional heads everywhere:
-#   16x16: 2 blocks, 2 heads, b=8, h=2 (4 windows of 12x12)
-#    8x8 : 2 blocks, 4 heads, b=4, h=2 (the first strided from 16x16; windows of 8x8)
-#    4x4 : 2 blocks, 8 heads, b=4, h=1 (the first strided from 8x8)
-# Every residual block has attention (6 of the 8 conv-or-attention layers that mix pixels).
-CONFIGS["tiny"] = HaloNetConfig(
-    name="tiny",
-    stem=((16, 3, 1), (32, 3, 2)),
-    stem_pool=False,
-    stages=(
-        StageConfig(depth=2, out=64, mid=32, num_heads=2, stride=1, block_size=8, halo_size=2),
-        StageConfig(depth=2, out=128, mid=64, num_heads=4, stride=2, block_size=4, halo_size=2),
-        StageConfig(depth=2, out=256, mid=128, num_heads=8, stride=2, block_size=4, halo_size=1),
-    ),
-    final_chs=None,
-    image_size=32,
-)
-
-NAMES = ("micro", "tiny") + tuple(row[0] for row in PAPER_TABLE)
+from .configs import CONFIGS, NAMES, HaloNetConfig, StageConfig, input_multiple, value_channels
 
 
 # -- the bottleneck block --------------------------------------------------------------------
@@ -173,6 +39,7 @@ class HaloBottleneck(Module):
     With pad_to_blocks, the attention's input is zero-padded at the bottom and right up to a
     multiple of the block size and its output cropped back: padded pixels project to zero
     keys and values (the attention has no bias), exactly like the zeros outside the image.
+    backend: None (follow `halo_ref.backend.current()`) or the backend of the whole block.
     """
 
     def __init__(
@@ -181,8 +48,8 @@ class HaloBottleneck(Module):
         super().__init__()
         s = stage
         self.stride, self.block_size, self.pad_to_blocks = stride, s.block_size, pad_to_blocks
-        dim_v = make_divisible(s.mid * s.value_mult, 8)
-        attn_kwargs = {} if backend is None else {"backend": backend}
+        self.backend = None if backend is None else backends.resolve(backend)
+        dim_v = value_channels(s)
         self.conv1 = self.add_child(
             "conv1", ConvBnAct(in_ch, s.mid, 1, act=act, dtype=dtype, rng=rng)
         )
@@ -198,7 +65,6 @@ class HaloBottleneck(Module):
                 stride=stride,
                 dtype=dtype,
                 rng=rng,
-                **attn_kwargs,
             ),
         )
         self.post_attn = self.add_child("post_attn", BnAct(dim_v, act=act, dtype=dtype))
@@ -230,6 +96,10 @@ class HaloBottleneck(Module):
 
     def forward(self, x):
         """x: (B, in_ch, H, W) -> (B, out, ceil(H/stride), ceil(W/stride))."""
+        with backends.use(self.backend):
+            return self._forward(x)
+
+    def _forward(self, x):
         y = self.conv1.forward(x)  # B, mid, H, W
         H, W = y.shape[2:]
         ph, pw = self._padding(H, W)
@@ -242,13 +112,17 @@ class HaloBottleneck(Module):
         self._pads = (ph, pw, padded_out)
         y = self.post_attn.forward(y)
         y = self.conv3.forward(y)
-        y = add(y, x if self.shortcut is None else self.shortcut.forward(x))
+        y = backends.current().add(y, x if self.shortcut is None else self.shortcut.forward(x))
         return self.act.forward(y)
 
     def backward(self, dout):
         """dout: like the output -> dx like the input; fills every child's grads."""
         if self._pads is None:
             raise HaloRefError("HaloBottleneck.backward: call forward before backward")
+        with backends.use(self.backend):
+            return self._backward(dout)
+
+    def _backward(self, dout):
         ph, pw, padded_out = self._pads
         d = self.act.backward(dout)  # the sum's gradient goes to both branches unchanged
         dx = d if self.shortcut is None else self.shortcut.backward(d)
@@ -260,7 +134,7 @@ class HaloBottleneck(Module):
         dy = self.attn.backward(dy)
         if ph or pw:  # adjoint of the padding: drop the padded pixels' gradient
             dy = dy[:, :, : dy.shape[2] - ph, : dy.shape[3] - pw]
-        return add(dx, self.conv1.backward(dy))
+        return backends.current().add(dx, self.conv1.backward(dy))
 
 
 # -- the network -----------------------------------------------------------------------------
@@ -270,9 +144,11 @@ class HaloNet(Sequential):
 
     forward: x (B, in_chans, H, W) -> logits (B, num_classes), H and W multiples of
     `input_multiple`; backward: dlogits (B, num_classes) -> dx (B, in_chans, H, W).
+    backend: None (follow `halo_ref.backend.current()`) or the backend of the whole network.
     """
 
     def __init__(self, cfg: HaloNetConfig, *, num_classes, in_chans, dtype, rng, backend=None):
+        backend = None if backend is None else backends.resolve(backend)
         dt = float_dtype(dtype)
         rng = as_generator(rng)
         act = cfg.act
@@ -295,7 +171,6 @@ class HaloNet(Sequential):
                     pad_to_blocks=cfg.pad_to_blocks,
                     dtype=dt,
                     rng=rng,
-                    backend=backend,
                 )
                 if cfg.zero_init_last:
                     # each residual block starts as (nearly) the identity: deep nets train
@@ -313,7 +188,8 @@ class HaloNet(Sequential):
         parts += [("pool", GlobalAvgPool()), ("fc", Linear(ch, num_classes, dtype=dt, rng=rng))]
         super().__init__(*parts)
         self.config, self.num_classes, self.in_chans, self.dtype = cfg, num_classes, in_chans, dt
-        self.input_multiple = 1 if cfg.pad_to_blocks else _input_multiple(cfg)
+        self.backend = backend
+        self.input_multiple = 1 if cfg.pad_to_blocks else input_multiple(cfg)
 
     def __repr__(self):
         return f"HaloNet({self.config.name!r}, params={count_params(self)})"
@@ -330,7 +206,8 @@ class HaloNet(Sequential):
                 f"H and W must be multiples of {m} (e.g. resize or pad to "
                 f"{max(m, -(-H // m) * m)}x{max(m, -(-W // m) * m)})"
             )
-        return super().forward(x)
+        with backends.use(self.backend):
+            return super().forward(x)
 
     def backward(self, dlogits):
         """dlogits: (B, num_classes) -> dx (B, in_chans, H, W); fills `grads`."""
@@ -339,23 +216,8 @@ class HaloNet(Sequential):
             raise HaloRefError(
                 f"halonet.backward: dlogits must have shape (B, {self.num_classes}), got {got}"
             )
-        return super().backward(dlogits.astype(self.dtype, copy=False))
-
-
-def _input_multiple(cfg: HaloNetConfig) -> int:
-    """Smallest m such that every stride divides and every attention map cuts into blocks
-    whenever H and W are multiples of m."""
-    m, r = 1, 1  # r: how much the map has shrunk so far
-    for _, _, s in cfg.stem:
-        m, r = math.lcm(m, r * s), r * s
-    if cfg.stem_pool:
-        m, r = math.lcm(m, r * 2), r * 2
-    for st in cfg.stages:
-        m = math.lcm(m, r * math.lcm(st.block_size, st.stride))
-        r *= st.stride
-        if st.depth > 1:
-            m = math.lcm(m, r * st.block_size)
-    return m
+        with backends.use(self.backend):
+            return super().backward(dlogits.astype(self.dtype, copy=False))
 
 
 def halonet(name, *, num_classes=10, in_chans=3, dtype=np.float32, rng=None, backend=None):
@@ -363,7 +225,8 @@ def halonet(name, *, num_classes=10, in_chans=3, dtype=np.float32, rng=None, bac
 
     num_classes: width of the logits; in_chans: input channels (1 for grayscale);
     dtype: np.float32 or np.float64; rng: seed or Generator for the initial weights;
-    backend: the halo attention backend (None: `HaloAttention`'s default).
+    backend: None (each call follows `halo_ref.backend.current()`, Numba's kernels by default),
+    "numba", "numpy" or a `halo_ref.backend.Backend`, for every layer.
     Returns a `HaloNet` with forward(x (B, in_chans, H, W)) -> (B, num_classes).
     """
     check_choice(name, "name", NAMES)

@@ -1,14 +1,17 @@
-"""Small layers as forward/backward function pairs (the CS231n pattern).
+"""The network's layers as forward/backward function pairs (the CS231n pattern), in NumPy.
 
 `out, cache = thing_forward(x, ...)` computes the layer and keeps what its backward needs;
 `grads = thing_backward(dout, cache)` returns the gradient of the loss with respect to each input,
 given the gradient `dout` with respect to the output. Each backward is the chain rule applied by
 hand to its own forward, and each one is checked against finite differences in the tests.
+
+Plain NumPy, no dispatch: `halo_ref.nn.kernels` computes some of these pairs with Numba kernels
+(same contracts, tested against these), and `halo_ref.backend` chooses between them.
 """
 
 from __future__ import annotations
 
-import contextlib
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -25,37 +28,17 @@ def _sum_of_products(a, b):
     return np.matmul(a, b.transpose(0, 2, 1)).sum(axis=0)
 
 
-@contextlib.contextmanager
-def numpy_kernels():
-    """Run a block with every layer's NumPy formula (the readable reference), whatever the
-    kernel switches below say: results then depend on nothing but NumPy (not on Numba's
-    threads, nor on how the Numba kernels cut their BLAS products)."""
-    global CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL, ADD_KERNEL
-    saved = CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL, ADD_KERNEL
-    CONV_KERNEL = SILU_KERNEL = BATCHNORM_KERNEL = ADD_KERNEL = "numpy"
-    try:
-        yield
-    finally:
-        CONV_KERNEL, SILU_KERNEL, BATCHNORM_KERNEL, ADD_KERNEL = saved
-
-
-# -- the sum of two branches --------------------------------------------------------------------
-# "numba": the parallel kernel of `halo_ref._layers_numba` (NumPy's add runs on one core while
-# the other waits); "numpy": a + b.
-ADD_KERNEL = "numba"
-
-
-def add(a, b):
-    """a + b for two arrays of one shape: where a residual block's two branches meet (forward)
-    and where two gradients of one input meet (backward). Returns a new array."""
-    if a.shape == b.shape and _use_numba(ADD_KERNEL, a, b):
-        from .kernels import add as kernel
-
-        return kernel(np.ascontiguousarray(a), np.ascontiguousarray(b))
-    return a + b
-
-
 # -- 1x1 convolution ---------------------------------------------------------------------------
+class Conv1x1Cache(NamedTuple):
+    """What `conv1x1_backward` needs."""
+
+    xs: np.ndarray  # (B, C, pixels): the pixels the convolution read
+    weight: np.ndarray  # (O, C, 1, 1)
+    has_bias: bool
+    x_shape: tuple
+    stride: int
+
+
 def conv1x1_forward(x, weight, bias=None, stride=1):
     """Pointwise convolution: out[b, o, i, j] = sum_c weight[o, c] x[b, c, s*i, s*j] + bias[o].
 
@@ -69,11 +52,11 @@ def conv1x1_forward(x, weight, bias=None, stride=1):
     out = np.matmul(weight[:, :, 0, 0], xs)
     if bias is not None:
         out += bias[None, :, None]
-    return out.reshape(B, -1, Ho, Wo), (xs, weight, bias is not None, x.shape, stride)
+    return out.reshape(B, -1, Ho, Wo), Conv1x1Cache(xs, weight, bias is not None, x.shape, stride)
 
 
 def conv1x1_backward(dout, cache):
-    """Gradients of `conv1x1_forward`: returns dx (B, C, H, W), dweight (O, C, 1, 1), dbias (O,) or None."""
+    """Gradients of `conv1x1_forward`: dx (B, C, H, W), dweight (O, C, 1, 1), dbias (O,) or None."""
     xs, weight, has_bias, x_shape, stride = cache
     B, O, Ho, Wo = dout.shape
     d2 = dout.reshape(B, O, Ho * Wo)
@@ -123,15 +106,15 @@ def softmax_backward(dp, cache):
 
 
 # -- k x k convolution (im2col + one batched matrix product) ----------------------------------
-# "numba": convolutions run on Numba's threads (the kernels of `halo_ref._layers_numba`, the
-# same im2col maths); "numpy": the NumPy version below. Tests check both.
-CONV_KERNEL = "numba"
+class Conv2dCache(NamedTuple):
+    """What `conv2d_backward` needs."""
 
-
-def _use_numba(setting, *arrays):
-    """Whether to take a Numba kernel: chosen, and every array float32 or every one float64."""
-    dtypes = {a.dtype for a in arrays}
-    return setting == "numba" and len(dtypes) == 1 and dtypes.pop() in (np.float32, np.float64)
+    cols: np.ndarray  # (B, C*k*k, Ho*Wo): every output pixel's receptive field, one column each
+    weight: np.ndarray  # (O, C, k, k)
+    has_bias: bool
+    x_shape: tuple
+    stride: int
+    padding: int
 
 
 def _pad_hw(x, padding, value=0.0):
@@ -155,33 +138,21 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
 
     im2col: every output pixel's k*k*C receptive field becomes one column, so the whole
     convolution is one matrix product (O, C*k*k) @ (C*k*k, Ho*Wo) per image, done by BLAS.
-    A 1x1 stride-1 convolution skips the copy: the map itself is already the column matrix.
+    (For a 1x1 kernel without padding the columns are just the pixels: `conv1x1_forward`.)
     """
     B, C, H, W = x.shape
     O, _, k, _ = weight.shape
-    if _use_numba(CONV_KERNEL, x, weight):
-        from . import kernels
-
-        if k == 1 and padding == 0:  # no column copy: the map itself is the column matrix
-            out, cache = kernels.conv1x1_forward(x, weight, bias, stride)
-            return out, ("numba 1x1", cache)
-        out, cache = kernels.conv2d_forward(x, weight, bias, stride, padding)
-        return out, ("numba", cache)
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
-    w2 = weight.reshape(O, C * k * k)
-    if k == 1 and stride == 1 and padding == 0:
-        cols = x.reshape(B, C, H * W)  # B, C*k*k, Ho*Wo (no copy)
-    else:
-        xp = _pad_hw(x, padding)
-        win = sliding_window_view(xp, (k, k), axis=(2, 3))  # B, C, Hp-k+1, Wp-k+1, k, k (view)
-        win = win[:, :, : stride * (Ho - 1) + 1 : stride, : stride * (Wo - 1) + 1 : stride]
-        # B, C, k, k, Ho, Wo -> columns ordered (c, ky, kx) like weight.reshape(O, C*k*k)
-        cols = np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(B, C * k * k, Ho * Wo)
-    out = np.matmul(w2, cols)  # B, O, Ho*Wo
+    xp = _pad_hw(x, padding)
+    win = sliding_window_view(xp, (k, k), axis=(2, 3))  # B, C, Hp-k+1, Wp-k+1, k, k (view)
+    win = win[:, :, : stride * (Ho - 1) + 1 : stride, : stride * (Wo - 1) + 1 : stride]
+    # B, C, k, k, Ho, Wo -> columns ordered (c, ky, kx) like weight.reshape(O, C*k*k)
+    cols = np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(B, C * k * k, Ho * Wo)
+    out = np.matmul(weight.reshape(O, C * k * k), cols)  # B, O, Ho*Wo
     if bias is not None:
         out += bias[None, :, None]
     out = out.reshape(B, O, Ho, Wo)
-    return out, (cols, weight, bias is not None, x.shape, stride, padding)
+    return out, Conv2dCache(cols, weight, bias is not None, x.shape, stride, padding)
 
 
 def conv2d_backward(dout, cache):
@@ -190,12 +161,6 @@ def conv2d_backward(dout, cache):
     The column matrix makes dweight = sum over images of dout @ cols^T and dcols = weight^T @
     dout; col2im then adds each column entry back onto the input pixel it was copied from.
     """
-    if isinstance(cache[0], str):  # (which Numba kernel, its cache)
-        from . import kernels
-
-        kind, kernel_cache = cache
-        backward = kernels.conv1x1_backward if kind == "numba 1x1" else kernels.conv2d_backward
-        return backward(dout.astype(kernel_cache[1].dtype, copy=False), kernel_cache)
     cols, weight, has_bias, x_shape, stride, padding = cache
     B, C, H, W = x_shape
     O, _, k, _ = weight.shape
@@ -204,8 +169,6 @@ def conv2d_backward(dout, cache):
     dweight = _sum_of_products(d2, cols).reshape(weight.shape)
     dbias = d2.sum(axis=(0, 2)) if has_bias else None
     dcols = np.matmul(weight.reshape(O, C * k * k).T, d2)  # B, C*k*k, Ho*Wo
-    if k == 1 and stride == 1 and padding == 0:
-        return dcols.reshape(x_shape), dweight, dbias
     dcols = dcols.reshape(B, C, k, k, Ho, Wo)
     dxp = np.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=dout.dtype)
     for i in range(k):  # col2im: k*k strided slice-adds, the adjoint of the window copy
@@ -218,24 +181,26 @@ def conv2d_backward(dout, cache):
 
 
 # -- batch normalisation -----------------------------------------------------------------------
-# "numba": training-mode BatchNorm runs the two-pass kernels of `halo_ref._layers_numba` (same
-# maths, 3-4x faster on large maps); "numpy": the expressions below. Tests check both.
-BATCHNORM_KERNEL = "numba"
+class BatchNormCache(NamedTuple):
+    """What `batchnorm2d_backward` needs: x itself, not the normalised x (the backward
+    recomputes it: x is needed anyway by whoever computed it, and writing a second copy costs
+    memory traffic)."""
+
+    x: np.ndarray  # (B, C, H, W)
+    mean: np.ndarray  # (C,): the statistics the forward normalised with
+    invstd: np.ndarray  # (C,)
+    weight: np.ndarray  # (C,)
+    training: bool
 
 
-def _batchnorm2d_train_numba(x, weight, bias, running_mean, running_var, momentum, eps):
-    """Training-mode forward through the Numba kernel; same outputs and cache as below."""
-    from .kernels import batchnorm_train_forward
-
-    B, C, H, W = x.shape
-    x3 = np.ascontiguousarray(x).reshape(B, C, H * W)
-    out, mean, var, invstd = batchnorm_train_forward(x3, weight, bias, eps)
-    n = B * H * W
+def update_running_stats(running_mean, running_var, mean, var, n, momentum):
+    """In place, PyTorch's convention: running = (1 - momentum) * running + momentum * batch,
+    with the unbiased variance var * n / (n - 1) for running_var. mean, var: (C,), the batch's
+    statistics over n values per channel (var biased, as used for normalising)."""
     running_mean *= 1 - momentum
-    running_mean += (momentum * mean).astype(running_mean.dtype)
+    running_mean += (momentum * mean).astype(running_mean.dtype, copy=False)
     running_var *= 1 - momentum
-    running_var += (momentum * var * (n / (n - 1))).astype(running_var.dtype)
-    return out.reshape(x.shape), (x3.reshape(x.shape), mean, invstd, weight, True)
+    running_var += (momentum * var * (n / (n - 1))).astype(running_var.dtype, copy=False)
 
 
 def batchnorm2d_forward(
@@ -245,36 +210,32 @@ def batchnorm2d_forward(
 
     x: (B, C, H, W); weight, bias, running_mean, running_var: (C,).
     Training: normalise with the batch mean and biased variance, and update the running
-    statistics in place with PyTorch's convention running = (1 - momentum) * running +
-    momentum * batch, using the unbiased variance (n / (n - 1)) for running_var.
-    Evaluation: normalise with the running statistics. Returns out (B, C, H, W) and a cache,
-    which keeps x, not the normalised x: the backward recomputes it (x is needed anyway by
-    whoever computed it, and writing a second copy costs memory traffic).
+    statistics in place (`update_running_stats`). Evaluation: normalise with the running
+    statistics. Returns out (B, C, H, W) and a `BatchNormCache`.
     """
-    C = x.shape[1]
     if training:
-        n = x.size // C
-        if n < 2:
-            raise HaloRefError(
-                f"BatchNorm2d: training needs more than one value per channel, got input shape "
-                f"{x.shape}; use a batch of 2 or more or call model.eval()"
-            )
-        if _use_numba(BATCHNORM_KERNEL, x, weight, bias):
-            return _batchnorm2d_train_numba(
-                x, weight, bias, running_mean, running_var, momentum, eps
-            )
+        n = batch_values(x)
         mean = x.mean(axis=(0, 2, 3))
         xc = x - mean[None, :, None, None]
         var = np.einsum("bchw,bchw->c", xc, xc) / n  # biased, as used for normalising
-        running_mean *= 1 - momentum
-        running_mean += momentum * mean
-        running_var *= 1 - momentum
-        running_var += momentum * var * (n / (n - 1))
+        update_running_stats(running_mean, running_var, mean, var, n, momentum)
     else:
         mean, var = running_mean.copy(), running_var  # a copy: later updates must not reach it
     invstd = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
     out = _normalised(x, mean, invstd) * weight[None, :, None, None] + bias[None, :, None, None]
-    return out, (x, mean, invstd, weight, training)
+    return out, BatchNormCache(x, mean, invstd, weight, training)
+
+
+def batch_values(x):
+    """The number of values per channel that training-mode statistics average, n = B*H*W, or a
+    one-line error when it is 1 (no variance to normalise with)."""
+    n = x.size // x.shape[1]
+    if n < 2:
+        raise HaloRefError(
+            f"BatchNorm2d: training needs more than one value per channel, got input shape "
+            f"{x.shape}; use a batch of 2 or more or call model.eval()"
+        )
+    return n
 
 
 def _normalised(x, mean, invstd):
@@ -290,14 +251,6 @@ def batchnorm2d_backward(dout, cache):
     In evaluation the statistics are constants and dx = dout * weight * invstd.
     """
     x, mean, invstd, weight, training = cache
-    if training and _use_numba(BATCHNORM_KERNEL, dout, x):
-        from .kernels import batchnorm_train_backward
-
-        B, C, H, W = dout.shape
-        d3 = np.ascontiguousarray(dout).reshape(B, C, H * W)
-        x3 = np.ascontiguousarray(x).reshape(B, C, H * W)
-        dx, dweight, dbias = batchnorm_train_backward(d3, x3, mean, weight, invstd)
-        return dx.reshape(B, C, H, W), dweight, dbias
     xhat = _normalised(x, mean, invstd)
     dbias = dout.sum(axis=(0, 2, 3))
     dweight = np.einsum("bchw,bchw->c", dout, xhat)
@@ -324,17 +277,8 @@ def relu_backward(dout, cache):
     return dout * cache
 
 
-# "numba": SiLU runs the one-pass parallel kernel of `halo_ref._layers_numba`; "numpy": below.
-SILU_KERNEL = "numba"
-
-
 def silu_forward(x):
-    """SiLU (swish): x * sigmoid(x) elementwise."""
-    if _use_numba(SILU_KERNEL, x):
-        from .kernels import silu_forward as kernel
-
-        x = np.ascontiguousarray(x)
-        return kernel(x), x
+    """SiLU (swish): x * sigmoid(x) elementwise; the cache is x."""
     return x * _sigmoid(x), x
 
 
@@ -351,10 +295,6 @@ def silu_backward(dout, cache):
     """d/dx x*s(x) = s(x) * (1 + x * (1 - s(x))); the cache is x, and s(x) is recomputed (a
     cheaper trade than storing it: these layers are bound by memory traffic, not arithmetic)."""
     x = cache
-    if _use_numba(SILU_KERNEL, dout, x) and dout.shape == x.shape:
-        from .kernels import silu_backward as kernel
-
-        return kernel(np.ascontiguousarray(dout), x)
     sig = _sigmoid(x)
     g = 1 - sig
     g *= x
@@ -365,6 +305,16 @@ def silu_backward(dout, cache):
 
 
 # -- pooling -----------------------------------------------------------------------------------
+class MaxPoolCache(NamedTuple):
+    """What `maxpool2d_backward` needs."""
+
+    argmax: np.ndarray  # (B, C, Ho, Wo): each window's maximum, as ky * k + kx
+    x_shape: tuple
+    kernel_size: int
+    stride: int
+    padding: int
+
+
 def maxpool2d_forward(x, kernel_size, stride, padding=0):
     """Max over k x k windows, PyTorch's `max_pool2d` (padding counts as -inf).
 
@@ -380,7 +330,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding=0):
     win = win.reshape(B, C, Ho, Wo, k * k)  # copies: B, C, Ho, Wo, k*k
     arg = win.argmax(axis=-1)
     out = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
-    return out, (arg, x.shape, k, s, padding)
+    return out, MaxPoolCache(arg, x.shape, k, s, padding)
 
 
 def maxpool2d_backward(dout, cache):
@@ -407,12 +357,20 @@ def global_avgpool_backward(dout, cache):
 
 
 # -- fully connected ---------------------------------------------------------------------------
+class LinearCache(NamedTuple):
+    """What `linear_backward` needs."""
+
+    x: np.ndarray  # (B, I)
+    weight: np.ndarray  # (O, I)
+    has_bias: bool
+
+
 def linear_forward(x, weight, bias=None):
     """x @ weight^T + bias, PyTorch's `Linear`: x (B, I); weight (O, I); bias (O,) -> (B, O)."""
     out = x @ weight.T
     if bias is not None:
         out += bias
-    return out, (x, weight, bias is not None)
+    return out, LinearCache(x, weight, bias is not None)
 
 
 def linear_backward(dout, cache):
@@ -422,6 +380,13 @@ def linear_backward(dout, cache):
 
 
 # -- softmax cross-entropy with label smoothing ------------------------------------------------
+class CrossEntropyCache(NamedTuple):
+    """What `cross_entropy_backward` needs."""
+
+    probs: np.ndarray  # (B, K): softmax(logits)
+    target: np.ndarray  # (B, K): the smoothed one-hot targets
+
+
 def cross_entropy_forward(logits, labels, label_smoothing=0.0):
     """Mean softmax cross-entropy over the batch, PyTorch's `cross_entropy(label_smoothing=e)`.
 
@@ -454,7 +419,7 @@ def cross_entropy_forward(logits, labels, label_smoothing=0.0):
     target = np.full((B, K), label_smoothing / K, dtype=logits.dtype)
     target[np.arange(B), labels] += 1.0 - label_smoothing
     loss = -float(np.sum(target * logp)) / B
-    return loss, (np.exp(logp), target)
+    return loss, CrossEntropyCache(np.exp(logp), target)
 
 
 def cross_entropy_backward(cache, dloss=1.0):

@@ -1,4 +1,5 @@
-"""Weight initialisation, matching timm's choices so that fresh layers behave alike.
+"""Weight initialisation and channel rounding, matching timm's choices so that fresh layers
+behave alike and widths agree.
 
 All draws come from a `numpy.random.Generator`, so a seed fixes every weight.
 """
@@ -32,3 +33,16 @@ def uniform_fan_in(rng: np.random.Generator, shape, fan_in: int, dtype):
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for convolution and linear biases."""
     bound = 1.0 / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def make_divisible(v, divisor=8, min_value=None, round_limit=0.9):
+    """Round `v` to a multiple of `divisor` without losing more than 10% (timm's channel rule).
+
+    The models' widths use it (`halo_ref.models.configs`), and so does `HaloAttention` for the
+    query/key width that `qk_ratio` sets; it lives here, below both.
+    """
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v

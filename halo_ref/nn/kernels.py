@@ -1,8 +1,13 @@
-"""Numba kernels for the network's other layers: BatchNorm, SiLU and convolutions.
+"""Numba kernels for the network's other layers: BatchNorm, SiLU, the sum of two branches, and
+convolutions.
 
-Each computes the same maths as the readable NumPy function in `halo_ref.layers` (which stays
-the reference; the tests hold every kernel to it) and runs on Numba's threads, so that a
-training step keeps both cores busy outside the attention too:
+Contract: the same as `halo_ref.nn.functional` (the readable NumPy pairs, which stay the
+reference; the tests hold every kernel to them): `batchnorm2d_train_forward` / `_backward`,
+`silu_forward` / `_backward`, `conv1x1_forward` / `_backward` and `conv2d_forward` /
+`_backward` take the arguments and return the results of their namesakes there. Two more have
+no namesake: `add` (a + b) and `conv1x1_to_pixels` / `_backward`, the 1x1 projections of halo
+attention, which write pixel-major maps for `halo_ref.attention.kernels`. The kernels run on
+Numba's threads, so that a training step keeps both cores busy outside the attention too:
 
 - BatchNorm (training mode): one task per channel; two passes over the data for the statistics
   (accumulated in float64, the variance from centred squares, so no cancellation) and one for
@@ -29,12 +34,15 @@ source has a plain `omp for`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 from .._blas import ONE_THREAD_MNK as _MNK
 from .._blas import blas_threads
 from .._numba_math import _FASTMATH, sigmoid_run
+from .functional import BatchNormCache, batch_values, update_running_stats
 
 
 # -- batch normalisation ---------------------------------------------------------------------
@@ -102,15 +110,20 @@ def _batchnorm_forward_kernel(x, weight, bias, eps, out, mean, var, invstd):
                 o[i] = ((xs[i] - m) * r) * w + sh
 
 
-def batchnorm_train_forward(x, weight, bias, eps):
-    """x: (B, C, L) contiguous; returns out (B, C, L), mean (C,), biased var (C,) (in float64,
-    for the running variance) and invstd (C,). The normalised input is not kept: the backward
-    recomputes it from x (one array less written and read back: the step is memory-bound)."""
-    C = x.shape[1]
-    out = np.empty_like(x)
+def batchnorm2d_train_forward(x, weight, bias, running_mean, running_var, *, momentum, eps):
+    """`batchnorm2d_forward(..., training=True)` of `halo_ref.nn.functional`: x (B, C, H, W);
+    returns out (B, C, H, W) and a `BatchNormCache`, and updates the running statistics. The
+    biased variance comes out in float64 (for the running variance); the normalised input is
+    not kept: the backward recomputes it from x (one array less written and read back: the step
+    is memory-bound)."""
+    B, C, H, W = x.shape
+    n = batch_values(x)
+    x3 = np.ascontiguousarray(x).reshape(B, C, H * W)
+    out = np.empty_like(x3)
     mean, var, invstd = np.empty(C, x.dtype), np.empty(C, np.float64), np.empty(C, x.dtype)
-    _batchnorm_forward_kernel(x, weight, bias, eps, out, mean, var, invstd)
-    return out, mean, var, invstd
+    _batchnorm_forward_kernel(x3, weight, bias, eps, out, mean, var, invstd)
+    update_running_stats(running_mean, running_var, mean, var, n, momentum)
+    return out.reshape(x.shape), BatchNormCache(x3.reshape(x.shape), mean, invstd, weight, True)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -134,16 +147,18 @@ def _batchnorm_backward_kernel(dout, x, mean, weight, invstd, dx, dweight, dbias
                 o[i] = k * (g[i] - mb - ((xs[i] - m) * r) * mw)
 
 
-def batchnorm_train_backward(dout, x, mean, weight, invstd):
-    """dout, x: (B, C, L) contiguous; returns dx (B, C, L), dweight (C,), dbias (C,).
+def batchnorm2d_train_backward(dout, cache):
+    """Gradients of `batchnorm2d_train_forward`: dx (B, C, H, W), dweight (C,), dbias (C,).
 
     dx = weight * invstd * (dout - mean(dout) - xhat * mean(dout * xhat)) per channel, with
     xhat = (x - mean) * invstd recomputed exactly as the forward computed it."""
-    C = dout.shape[1]
-    dx = np.empty_like(dout)
+    B, C, H, W = dout.shape
+    d3 = np.ascontiguousarray(dout).reshape(B, C, H * W)
+    x3 = np.ascontiguousarray(cache.x).reshape(B, C, H * W)
+    dx = np.empty_like(d3)
     dweight, dbias = np.empty(C, dout.dtype), np.empty(C, dout.dtype)
-    _batchnorm_backward_kernel(dout, x, mean, weight, invstd, dx, dweight, dbias)
-    return dx, dweight, dbias
+    _batchnorm_backward_kernel(d3, x3, cache.mean, cache.weight, cache.invstd, dx, dweight, dbias)
+    return dx.reshape(B, C, H, W), dweight, dbias
 
 
 # -- SiLU ------------------------------------------------------------------------------------
@@ -175,12 +190,13 @@ def _silu_forward_kernel(x, out):
 
 
 def silu_forward(x):
-    """SiLU x * sigmoid(x) of any contiguous array, shaped like x. The sigmoid is not kept:
-    the backward recomputes it, which costs less than writing it here and reading it back
-    there (these layers are memory-bound)."""
+    """SiLU x * sigmoid(x) of an array of any shape; returns out and the cache, x (contiguous).
+    The sigmoid is not kept: the backward recomputes it, which costs less than writing it here
+    and reading it back there (these layers are memory-bound)."""
+    x = np.ascontiguousarray(x)
     out = np.empty_like(x)
     _silu_forward_kernel(x.reshape(-1), out.reshape(-1))
-    return out
+    return out, x
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -195,8 +211,9 @@ def _silu_backward_kernel(dout, x, one, dx):
             out[i] = d[i] * s * (one + xs[i] * (one - s))
 
 
-def silu_backward(dout, x):
-    """dx = dout * s * (1 + x * (1 - s)), s = sigmoid(x); contiguous arrays of one shape."""
+def silu_backward(dout, cache):
+    """dx = dout * s * (1 + x * (1 - s)), s = sigmoid(x), for x = cache and dout of its shape."""
+    x, dout = cache, np.ascontiguousarray(dout)
     dx = np.empty_like(dout)
     _silu_backward_kernel(dout.reshape(-1), x.reshape(-1), x.dtype.type(1), dx.reshape(-1))
     return dx
@@ -356,11 +373,21 @@ def _weight_grad(dout, x):
     return partial.sum(axis=0)  # fixed-order sum over the groups
 
 
+class Conv1x1KernelCache(NamedTuple):
+    """What the backwards of `conv1x1_forward` and `conv1x1_to_pixels` need."""
+
+    xs: np.ndarray  # (B, C, pixels): the pixels the convolution read
+    w: np.ndarray  # (O, C)
+    has_bias: bool
+    x_shape: tuple
+    stride: int
+
+
 def conv1x1_forward(x, weight, bias=None, stride=1):
-    """`halo_ref.layers.conv1x1_forward` on Numba's threads (same arguments, same cache use).
+    """`conv1x1_forward` of `halo_ref.nn.functional` on Numba's threads.
 
     x: (B, C, H, W); weight: (O, C, 1, 1); bias: (O,) or None; stride s keeps every s-th pixel.
-    Returns out (B, O, H/s, W/s) and a cache for `conv1x1_backward`.
+    Returns out (B, O, H/s, W/s) and a `Conv1x1KernelCache` for `conv1x1_backward`.
     """
     B, C, H, W = x.shape
     Ho, Wo = -(-H // stride), -(-W // stride)
@@ -370,7 +397,7 @@ def conv1x1_forward(x, weight, bias=None, stride=1):
     _project(w, xs, out)
     if bias is not None:
         out += bias[None, :, None]
-    return out.reshape(B, -1, Ho, Wo), (xs, w, bias is not None, x.shape, stride)
+    return out.reshape(B, -1, Ho, Wo), Conv1x1KernelCache(xs, w, bias is not None, x.shape, stride)
 
 
 def conv1x1_backward(dout, cache):
@@ -477,7 +504,7 @@ def conv1x1_to_pixels(x, weight, bias=None, stride=1):
     x[b, c, s*i, s*j] + bias[o].
 
     x: (B, C, H, W); weight: (O, C) or (O, C, 1, 1); bias: (O,) or None. Returns out
-    (B, ceil(H/s), ceil(W/s), O) and a cache for `conv1x1_to_pixels_backward`.
+    (B, ceil(H/s), ceil(W/s), O) and a `Conv1x1KernelCache` for `conv1x1_to_pixels_backward`.
     """
     B, C, H, W = x.shape
     w = np.ascontiguousarray(weight.reshape(weight.shape[0], C))
@@ -489,7 +516,7 @@ def conv1x1_to_pixels(x, weight, bias=None, stride=1):
     _to_pixels_kernel(w, xs, out, *_pixel_pieces(O, C, L, B))
     if bias is not None:
         out += bias
-    return out.reshape(B, Ho, Wo, O), (xs, w, bias is not None, x.shape, stride)
+    return out.reshape(B, Ho, Wo, O), Conv1x1KernelCache(xs, w, bias is not None, x.shape, stride)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -654,11 +681,21 @@ def _conv_backward_kernel(x, w2, dout, k, stride, padding, dx, partial, chunk):
             _col2im_image(dcols, k, stride, padding, dx[b])
 
 
-def conv2d_forward(x, weight, bias, stride, padding):
-    """`halo_ref.layers.conv2d_forward` on Numba's threads: per image (and band of output rows
-    for small batches), the columns in a task's scratch, then one product.
-    x: (B, C, H, W); weight: (O, C, k, k); returns out (B, O, Ho, Wo) and a cache that keeps x
-    (the backward rebuilds the columns)."""
+class Conv2dKernelCache(NamedTuple):
+    """What `conv2d_backward` needs: x itself (the backward rebuilds the columns)."""
+
+    x: np.ndarray  # (B, C, H, W), contiguous
+    weight: np.ndarray  # (O, C, k, k)
+    has_bias: bool
+    stride: int
+    padding: int
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
+    """`conv2d_forward` of `halo_ref.nn.functional` on Numba's threads: per image (and band of
+    output rows for small batches), the columns in a task's scratch, then one product.
+    x: (B, C, H, W); weight: (O, C, k, k); returns out (B, O, Ho, Wo) and a
+    `Conv2dKernelCache`."""
     B, C, H, W = x.shape
     O, _, k, _ = weight.shape
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
@@ -673,7 +710,9 @@ def conv2d_forward(x, weight, bias, stride, padding):
     _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows)
     if bias is not None:
         out += bias[None, :, None]
-    return out.reshape(B, O, Ho, Wo), (x, weight, bias is not None, stride, padding)
+    return out.reshape(B, O, Ho, Wo), Conv2dKernelCache(
+        x, weight, bias is not None, stride, padding
+    )
 
 
 def conv2d_backward(dout, cache):

@@ -1,8 +1,11 @@
-"""Layers as modules: each wraps one forward/backward pair of `halo_ref.layers` and its weights.
+"""Layers as modules: each wraps one forward/backward pair of `halo_ref.nn.functional` and its
+weights.
 
 A module's `forward` calls the functional forward and keeps the cache; its `backward` calls the
 functional backward, stores the parameter gradients in `self._grads` and returns the gradient
-for its input. `Sequential` chains modules forward and walks them in reverse on the way back,
+for its input. Convolution, BatchNorm and SiLU run on the backend of `halo_ref.backend.current()`
+(the NumPy formulas or their Numba kernels); the backward runs on the backend of its forward.
+`Sequential` chains modules forward and walks them in reverse on the way back,
 which is the whole of backpropagation for a network without branches; a residual block (see
 `halo_ref.models.halonet`) adds the two gradients where its two branches met.
 
@@ -14,40 +17,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import HaloRefError, check_positive_int, float_dtype
-from . import functional as L
+from .. import backend
+from .._checks import HaloRefError, check_feature_map, check_positive_int, float_dtype
+from . import functional as F
 from .init import as_generator, trunc_normal, uniform_fan_in
 from .module import Module
 
 
-def _check_input(x, owner, channels, dtype, ndim=4):
-    """Cheap checks (type, rank, channels, dtype) done by every layer before any NumPy call."""
-    if not isinstance(x, np.ndarray):
-        raise HaloRefError(f"{owner}: input must be a NumPy array, got {type(x).__name__}")
-    if x.ndim != ndim:
-        layout = "(B, C, H, W)" if ndim == 4 else "(B, features)"
-        raise HaloRefError(f"{owner}: input must be {ndim}-D {layout}, got shape {x.shape}")
-    if channels is not None and x.shape[1] != channels:
-        raise HaloRefError(
-            f"{owner}: input has {x.shape[1]} channels (axis 1 of shape {x.shape}), expected "
-            f"{channels}"
-        )
-    if x.dtype != dtype:
-        raise HaloRefError(
-            f"{owner}: input has dtype {x.dtype} but the layer is {dtype}; cast with "
-            f"x.astype(np.{dtype})"
-        )
+class _Pair(Module):
+    """A layer around one functional pair: `forward` keeps the pair's cache (and the backend
+    that ran it) for `backward`."""
 
-
-class _Stateless(Module):
-    """A layer without parameters around a functional pair."""
+    _cache = None
+    _backend = None
 
     def _check_cache(self):
-        if getattr(self, "_cache", None) is None:
+        if self._cache is None:
             raise HaloRefError(f"{type(self).__name__}.backward: call forward before backward")
 
 
-class Conv2d(_Stateless):
+class Conv2d(_Pair):
     """Convolution with PyTorch's `Conv2d` weights: `weight` (O, C, k, k), `bias` (O,).
 
     x: (B, C, H, W) -> (B, O, Ho, Wo), Ho = (H + 2*padding - k) // stride + 1.
@@ -79,7 +68,6 @@ class Conv2d(_Stateless):
         self.add_param("weight", trunc_normal(rng, (O, C, k, k), std, self.dtype, a=-1e9, b=1e9))
         if bias:
             self.add_param("bias", uniform_fan_in(rng, (O,), C * k * k, self.dtype))
-        self._cache = None
 
     def __repr__(self):
         return (
@@ -89,14 +77,17 @@ class Conv2d(_Stateless):
 
     def forward(self, x):
         """x: (B, C, H, W) -> (B, O, Ho, Wo)."""
-        _check_input(x, "Conv2d", self.in_channels, self.dtype)
+        check_feature_map(
+            x, "x", channels=self.in_channels, dtype=self.dtype, owner="Conv2d", finite=False
+        )
         k, p = self.kernel_size, self.padding
         if min(x.shape[2:]) + 2 * p < k:
             raise HaloRefError(
                 f"Conv2d: input {x.shape[2]}x{x.shape[3]} is smaller than the {k}x{k} kernel "
                 f"(padding {p}); use larger images"
             )
-        out, self._cache = L.conv2d_forward(
+        self._backend = backend.current()
+        out, self._cache = self._backend.conv2d_forward(
             x, self._params["weight"], self._params.get("bias"), self.stride, p
         )
         return out
@@ -104,12 +95,12 @@ class Conv2d(_Stateless):
     def backward(self, dout):
         """dout: (B, O, Ho, Wo) -> dx (B, C, H, W); fills grads `weight` (and `bias`)."""
         self._check_cache()
-        dx, dw, db = L.conv2d_backward(dout, self._cache)
+        dx, dw, db = self._backend.conv2d_backward(dout, self._cache)
         self._grads = {"weight": dw} if db is None else {"weight": dw, "bias": db}
         return dx
 
 
-class BatchNorm2d(_Stateless):
+class BatchNorm2d(_Pair):
     """PyTorch's `BatchNorm2d`: parameters `weight`, `bias`; buffers `running_mean`,
     `running_var`, `num_batches_tracked`. x: (B, C, H, W) -> (B, C, H, W).
 
@@ -127,16 +118,18 @@ class BatchNorm2d(_Stateless):
         self.add_buffer("running_mean", np.zeros(C, self.dtype))
         self.add_buffer("running_var", np.ones(C, self.dtype))
         self.add_buffer("num_batches_tracked", np.zeros((), np.int64))
-        self._cache = None
 
     def __repr__(self):
         return f"BatchNorm2d({self.num_features}, eps={self.eps}, momentum={self.momentum})"
 
     def forward(self, x):
         """x: (B, C, H, W) -> (B, C, H, W); in training, updates the running statistics."""
-        _check_input(x, "BatchNorm2d", self.num_features, self.dtype)
+        check_feature_map(
+            x, "x", channels=self.num_features, dtype=self.dtype, owner="BatchNorm2d", finite=False
+        )
         p, b = self._params, self._buffers
-        out, self._cache = L.batchnorm2d_forward(
+        self._backend = backend.current()
+        out, self._cache = self._backend.batchnorm2d_forward(
             x,
             p["weight"],
             p["bias"],
@@ -153,36 +146,37 @@ class BatchNorm2d(_Stateless):
     def backward(self, dout):
         """dout: (B, C, H, W) -> dx; fills grads `weight`, `bias`."""
         self._check_cache()
-        dx, dw, db = L.batchnorm2d_backward(dout, self._cache)
+        dx, dw, db = self._backend.batchnorm2d_backward(dout, self._cache)
         self._grads = {"weight": dw, "bias": db}
         return dx
 
 
-class ReLU(_Stateless):
+class ReLU(_Pair):
     """max(x, 0), any shape."""
 
     def forward(self, x):
-        out, self._cache = L.relu_forward(x)
+        out, self._cache = F.relu_forward(x)
         return out
 
     def backward(self, dout):
         self._check_cache()
-        return L.relu_backward(dout, self._cache)
+        return F.relu_backward(dout, self._cache)
 
 
-class SiLU(_Stateless):
+class SiLU(_Pair):
     """x * sigmoid(x), any shape (the activation of the paper's HaloNets)."""
 
     def forward(self, x):
-        out, self._cache = L.silu_forward(x)
+        self._backend = backend.current()
+        out, self._cache = self._backend.silu_forward(x)
         return out
 
     def backward(self, dout):
         self._check_cache()
-        return L.silu_backward(dout, self._cache)
+        return self._backend.silu_backward(dout, self._cache)
 
 
-class Identity(_Stateless):
+class Identity(_Pair):
     """Returns its input; stands in where a configuration has no layer."""
 
     def forward(self, x):
@@ -195,7 +189,7 @@ class Identity(_Stateless):
 ACTIVATIONS = {"relu": ReLU, "silu": SiLU, "identity": Identity}
 
 
-class MaxPool2d(_Stateless):
+class MaxPool2d(_Pair):
     """k x k max pooling with stride and -inf padding: (B, C, H, W) -> (B, C, Ho, Wo)."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
@@ -209,7 +203,6 @@ class MaxPool2d(_Stateless):
                 f"{self.kernel_size}, so some windows would hold only padding; use padding <= "
                 f"{self.kernel_size // 2}"
             )
-        self._cache = None
 
     def __repr__(self):
         return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
@@ -217,41 +210,27 @@ class MaxPool2d(_Stateless):
     def forward(self, x):
         if min(x.shape[2:]) + 2 * self.padding < self.kernel_size:
             raise HaloRefError(f"MaxPool2d: input {x.shape[2:]} is smaller than the window")
-        out, self._cache = L.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        out, self._cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return out
 
     def backward(self, dout):
         self._check_cache()
-        return L.maxpool2d_backward(dout, self._cache)
+        return F.maxpool2d_backward(dout, self._cache)
 
 
-class AvgPool2x2(_Stateless):
-    """Non-overlapping 2x2 mean: (B, C, H, W) -> (B, C, H/2, W/2), H and W even."""
-
-    def forward(self, x):
-        if x.shape[2] % 2 or x.shape[3] % 2:
-            raise HaloRefError(f"AvgPool2x2: H and W must be even, got {x.shape[2:]}")
-        out, self._cache = L.avgpool2x2_forward(x)
-        return out
-
-    def backward(self, dout):
-        self._check_cache()
-        return L.avgpool2x2_backward(dout, self._cache)
-
-
-class GlobalAvgPool(_Stateless):
+class GlobalAvgPool(_Pair):
     """Mean over H and W: (B, C, H, W) -> (B, C)."""
 
     def forward(self, x):
-        out, self._cache = L.global_avgpool_forward(x)
+        out, self._cache = F.global_avgpool_forward(x)
         return out
 
     def backward(self, dout):
         self._check_cache()
-        return L.global_avgpool_backward(dout, self._cache)
+        return F.global_avgpool_backward(dout, self._cache)
 
 
-class Linear(_Stateless):
+class Linear(_Pair):
     """PyTorch's `Linear`: `weight` (O, I), `bias` (O,); x (B, I) -> (B, O).
 
     Initialised like timm's classifier heads: weight ~ N(0, 0.01^2), bias = 0.
@@ -267,21 +246,28 @@ class Linear(_Stateless):
         self.add_param("weight", trunc_normal(rng, shape, 0.01, self.dtype))
         if bias:
             self.add_param("bias", np.zeros(self.out_features, self.dtype))
-        self._cache = None
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features}, bias={'bias' in self._params})"
 
     def forward(self, x):
         """x: (B, I) -> (B, O)."""
-        _check_input(x, "Linear", self.in_features, self.dtype, ndim=2)
-        out, self._cache = L.linear_forward(x, self._params["weight"], self._params.get("bias"))
+        check_feature_map(
+            x,
+            "x",
+            channels=self.in_features,
+            dtype=self.dtype,
+            owner="Linear",
+            ndim=2,
+            finite=False,
+        )
+        out, self._cache = F.linear_forward(x, self._params["weight"], self._params.get("bias"))
         return out
 
     def backward(self, dout):
         """dout: (B, O) -> dx (B, I); fills grads `weight` (and `bias`)."""
         self._check_cache()
-        dx, dw, db = L.linear_backward(dout, self._cache)
+        dx, dw, db = F.linear_backward(dout, self._cache)
         self._grads = {"weight": dw} if db is None else {"weight": dw, "bias": db}
         return dx
 

@@ -128,9 +128,6 @@ class AdamW(Optimizer):
         self.step_count = t
 
 
-OPTIMIZERS = {"sgd": SGD, "nesterov": SGD, "adamw": AdamW}
-
-
 def make_optimizer(name: str, params, *, weight_decay: float, momentum: float = 0.9) -> Optimizer:
     """Build "sgd", "nesterov" (SGD with Nesterov momentum) or "adamw" over `params`."""
     if name == "sgd":

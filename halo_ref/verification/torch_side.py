@@ -1,11 +1,21 @@
-"""Load timm's `HaloAttn` and map weights between it and halo_ref (torch is optional).
+"""halo_ref's PyTorch side, in one optional module: it imports torch (the rest of halo_ref
+never does), so it loads only where PyTorch is installed (`pip install torch==2.13.0`; CPU is
+enough, plus `pip install --no-deps timm` for timm's layer).
 
-halo_ref never needs PyTorch; this module is used only to compare against timm, by the tests,
-the benchmarks and `halo-ref verify --against timm`. `import timm` pulls in torchvision, which
-is often not installable (there is no CPU build on some platforms), yet
-`timm/layers/halo_attn.py` only needs `helpers.py`, `weight_init.py` and `trace_utils.py` beside
-it. So we register a stand-in package whose search path is timm's `layers/` folder (its
-`__init__.py` never runs) and import `halo_attn` from there.
+- timm: `load_timm_halo_attn` loads timm's `HaloAttn` without importing the timm package
+  (whose `__init__` pulls in torchvision, often not installable: `timm/layers/halo_attn.py` only
+  needs `helpers.py`, `weight_init.py` and `trace_utils.py` beside it, so a stand-in package
+  whose search path is timm's `layers/` folder loads it), and `timm_halo_attn_from(layer)` builds
+  one with a `HaloAttention`'s configuration and weights;
+- the reference attention: `torch_halo_attention`, halo attention written from scratch in
+  PyTorch, with both borders; `bug=` plants one of four known mistakes (`PLANTED_BUGS`), to
+  show, and to test, that the golden vectors catch each one;
+- adapters for `halo_ref.verification.verify`: `timm_adapter()` and `torch_adapter(bug)`;
+- the model twin: `torch_twin(model)` builds the `torch.nn` network with the structure, child
+  names and weights of a halo_ref model (timm's `HaloAttn` for each `HaloAttention`), so state
+  dicts move between the two key for key.
+
+Used by the tests, the benchmarks and `halo-ref verify --against timm|torch`.
 """
 
 from __future__ import annotations
@@ -16,6 +26,18 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import HaloRefError
+from ..attention.layer import HaloAttention, downsampling
+from ..models.halonet import HaloBottleneck
+from ..nn import layers
+from .verify import Adapter
+
+# -- timm's HaloAttn ------------------------------------------------------------------------------
 _PACKAGE = "_halo_ref_isolated_timm_layers"
 
 
@@ -27,8 +49,6 @@ def load_timm_halo_attn():
     name = _PACKAGE + ".halo_attn"
     if name in sys.modules:
         return sys.modules[name]
-    if importlib.util.find_spec("torch") is None:
-        raise ImportError("torch is not installed: pip install torch==2.13.0")
     spec = importlib.util.find_spec("timm")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("timm is not installed: pip install --no-deps timm")
@@ -46,8 +66,6 @@ def timm_halo_attn_from(layer):
 
     Only border="zeros" exists in timm. The module is float64 or float32 like the layer.
     """
-    import torch
-
     if layer.border != "zeros":
         raise ValueError("timm's HaloAttn has no border='mask'; use border='zeros' to compare")
     module = load_timm_halo_attn().HaloAttn(
@@ -65,3 +83,238 @@ def timm_halo_attn_from(layer):
     module = module.to(torch.float64 if layer.dtype.itemsize == 8 else torch.float32)
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in layer.params.items()})
     return module
+
+
+# -- adapters for the verifier ------------------------------------------------------------------
+def _torch_grads(x, weights, dout, forward):
+    """Run `forward(x_t, weights_t)` in torch with autograd; return NumPy (out, dx, grads)."""
+    dtype = torch.float64 if x.dtype == np.float64 else torch.float32
+    threads = torch.get_num_threads()
+    # these layers are tiny: thread start-up costs more than it saves (10x on a busy machine)
+    torch.set_num_threads(1)
+    try:
+        xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+        wt = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in weights.items()}
+        out = forward(xt, wt)
+        out.backward(torch.tensor(dout, dtype=dtype))
+        grads = {k: v.grad.numpy() for k, v in wt.items()}
+        return out.detach().numpy(), xt.grad.numpy(), grads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _timm_supports(config: dict) -> str | None:
+    if config["border"] != "zeros":
+        return "timm has only border='zeros'"
+    return None
+
+
+def timm_adapter() -> Adapter:
+    """timm's `HaloAttn` (loaded in isolation, `load_timm_halo_attn`): border="zeros" only."""
+    try:
+        halo_attn = load_timm_halo_attn()
+    except ImportError as exc:
+        raise HaloRefError(str(exc)) from None
+
+    def run(config, x, weights, dout):
+        module = halo_attn.HaloAttn(
+            config["dim"],
+            config["dim_out"],
+            stride=config["stride"],
+            num_heads=config["num_heads"],
+            dim_head=config["dim_head"],
+            block_size=config["block_size"],
+            halo_size=config["halo_size"],
+            qkv_bias=config["qkv_bias"],
+            avg_down=config["avg_down"],
+            scale_pos_embed=config["scale_pos_embed"],
+        )
+
+        def forward(xt, wt):
+            # the weights as leaves we own, so that their .grad is ours to read
+            return torch.func.functional_call(module, wt, (xt,))
+
+        return _torch_grads(x, weights, dout, forward)
+
+    return Adapter("timm HaloAttn", run, _timm_supports)
+
+
+# -- the reference attention in PyTorch, with planted bugs ---------------------------------------
+PLANTED_BUGS = {
+    "inverted_mask": "the padding mask is inverted: keys inside the image are masked out",
+    "relpos_off_by_one": "the relative index is off by one (offset + win instead of + win - 1)",
+    "double_scale": "with scale_pos_embed, the position logits are scaled twice",
+    "kv_split": "k and v are split as [all k | all v] instead of per head [k_0 | v_0 | k_1 ...]",
+}
+
+
+def torch_halo_attention(x, weights, config, *, bug=None):
+    """Halo attention written from scratch in PyTorch (autograd gives the gradients).
+
+    x: (B, dim, H, W) torch tensor; weights: timm names -> tensors; config: a vector's config.
+    Returns (B, dim_out, H/stride, W/stride). `bug` plants one of `PLANTED_BUGS` (or None).
+    """
+    B, _, H, W = x.shape
+    heads, b, h = config["num_heads"], config["block_size"], config["halo_size"]
+    d_qk, d_v = config["dim_head"], config["dim_out"] // config["num_heads"]
+    win, R = b + 2 * h, 2 * (b + 2 * h) - 1
+    pool, s = downsampling(config["stride"], b, config["avg_down"])  # s: query subsampling
+    bq, nh, nw = b // s, H // b, W // b
+
+    q = F.conv2d(x, weights["q.weight"], weights.get("q.bias"), stride=s)
+    q = q.reshape(B, heads, d_qk, nh, bq, nw, bq).permute(0, 1, 3, 5, 4, 6, 2)
+    q = q.reshape(B, heads, nh * nw, bq * bq, d_qk)  # B, heads, N, Pq, d_qk
+    kv = F.conv2d(x, weights["kv.weight"], weights.get("kv.bias"))
+    kv = F.pad(kv, [h, h, h, h]).unfold(2, win, b).unfold(3, win, b)  # B, C, nh, nw, win, win
+    kv = kv.reshape(B, -1, nh * nw, win * win)  # B, heads*(d_qk+d_v), N, Pw
+    if bug == "kv_split":
+        k = kv[:, : heads * d_qk].reshape(B, heads, d_qk, nh * nw, win * win)
+        v = kv[:, heads * d_qk :].reshape(B, heads, d_v, nh * nw, win * win)
+    else:
+        kv = kv.reshape(B, heads, d_qk + d_v, nh * nw, win * win)
+        k, v = kv[:, :, :d_qk], kv[:, :, d_qk:]
+    k, v = k.permute(0, 1, 3, 4, 2), v.permute(0, 1, 3, 4, 2)  # B, heads, N, Pw, d
+
+    # relative position: query (qy, qx) in its block, key (ky, kx) in the window
+    qy, qx = torch.arange(bq).repeat_interleave(bq), torch.arange(bq).repeat(bq)
+    kk = torch.arange(win)
+    shift = win if bug == "relpos_off_by_one" else win - 1
+    idx_h = (kk[None, :] - qy[:, None] + shift).clamp(max=R - 1)  # Pq, win
+    idx_w = (kk[None, :] - qx[:, None] + shift).clamp(max=R - 1)
+    rel_h = torch.gather(
+        q @ weights["pos_embed.height_rel"].T, -1, idx_h.expand(*q.shape[:-2], bq * bq, win)
+    )
+    rel_w = torch.gather(
+        q @ weights["pos_embed.width_rel"].T, -1, idx_w.expand(*q.shape[:-2], bq * bq, win)
+    )
+    pos = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)  # B, heads, N, Pq, Pw
+    scale = d_qk**-0.5
+    content = q @ k.transpose(-1, -2)
+    if config["scale_pos_embed"]:
+        pos_term = pos * scale if bug == "double_scale" else pos
+        logits = (content + pos_term) * scale
+    else:
+        logits = content * scale + pos
+    if config["border"] == "mask":
+        rows = torch.arange(nh)[:, None] * b - h + kk  # nh, win: image row of each window row
+        cols = torch.arange(nw)[:, None] * b - h + kk
+        inside = ((rows >= 0) & (rows < H))[:, None, :, None] & ((cols >= 0) & (cols < W))[
+            None, :, None, :
+        ]
+        inside = inside.reshape(nh * nw, 1, win * win)  # N, 1, Pw
+        if bug == "inverted_mask":
+            inside = ~inside
+        logits = logits.masked_fill(~inside, float("-inf"))
+    out = logits.softmax(-1) @ v  # B, heads, N, Pq, d_v
+    out = out.reshape(B, heads, nh, nw, bq, bq, d_v).permute(0, 1, 6, 2, 4, 3, 5)
+    out = out.reshape(B, heads * d_v, nh * bq, nw * bq)
+    return F.avg_pool2d(out, 2) if pool else out
+
+
+def torch_adapter(bug: str | None = None) -> Adapter:
+    """`torch_halo_attention` as an adapter (both borders); bug: None or a `PLANTED_BUGS` key."""
+    if bug is not None and bug not in PLANTED_BUGS:
+        raise HaloRefError(
+            f"bug={bug!r} is not a planted bug; choose one of {sorted(PLANTED_BUGS)}"
+        )
+
+    def run(config, x, weights, dout):
+        return _torch_grads(
+            x, weights, dout, lambda xt, wt: torch_halo_attention(xt, wt, config, bug=bug)
+        )
+
+    name = "PyTorch example" + (f" with planted bug {bug!r}" if bug else "")
+    return Adapter(name, run)
+
+
+# -- the model twin ------------------------------------------------------------------------------
+class TwinSequential(nn.Module):
+    """Named children applied in order (like halo_ref's Sequential, keeping its names)."""
+
+    def __init__(self, named):
+        super().__init__()
+        for name, module in named:
+            self.add_module(name, module)
+
+    def forward(self, x):
+        for module in self.children():
+            x = module(x)
+        return x
+
+
+class TwinGlobalAvgPool(nn.Module):
+    """Mean over H and W: (B, C, H, W) -> (B, C)."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+class TwinBottleneck(nn.Module):
+    """halo_ref's HaloBottleneck in torch, including the zero padding to whole blocks."""
+
+    def __init__(self, block: HaloBottleneck):
+        super().__init__()
+        self.stride, self.block_size = block.stride, block.block_size
+        self.conv1 = convert(block.conv1)
+        self.attn = convert(block.attn)
+        self.post_attn = convert(block.post_attn)
+        self.conv3 = convert(block.conv3)
+        self.shortcut = convert(block.shortcut) if block.shortcut is not None else None
+        self.act = convert(block.act)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        H, W = y.shape[2:]
+        m = int(np.lcm(self.block_size, self.stride))
+        y = F.pad(y, (0, -W % m, 0, -H % m))  # right, then bottom: zeros, as halo_ref
+        y = self.attn(y)[:, :, : -(-H // self.stride), : -(-W // self.stride)]
+        y = self.conv3(self.post_attn(y))
+        return self.act(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def convert(m):
+    """The torch module mirroring the halo_ref module `m` (weights not yet copied)."""
+    if isinstance(m, HaloAttention):
+        return timm_halo_attn_from(m)  # also copies the attention's weights
+    if isinstance(m, HaloBottleneck):
+        return TwinBottleneck(m)
+    if isinstance(m, layers.Sequential):
+        return TwinSequential([(name, convert(c)) for name, c in m.children().items()])
+    if isinstance(m, layers.Conv2d):
+        return nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            stride=m.stride,
+            padding=m.padding,
+            bias="bias" in m.params,
+        )
+    if isinstance(m, layers.BatchNorm2d):
+        return nn.BatchNorm2d(m.num_features, eps=m.eps, momentum=m.momentum)
+    if isinstance(m, layers.Linear):
+        return nn.Linear(m.in_features, m.out_features, bias="bias" in m.params)
+    if isinstance(m, layers.MaxPool2d):
+        return nn.MaxPool2d(m.kernel_size, m.stride, m.padding)
+    simple = {
+        layers.ReLU: nn.ReLU,
+        layers.SiLU: nn.SiLU,
+        layers.Identity: nn.Identity,
+        layers.GlobalAvgPool: TwinGlobalAvgPool,
+    }
+    if type(m) in simple:
+        return simple[type(m)]()
+    raise TypeError(f"no torch twin for {type(m).__name__}")
+
+
+def to_torch_state(state):
+    """halo_ref state dict -> torch tensors (copies)."""
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
+
+
+def torch_twin(model):
+    """The torch twin of `model` with its weights and buffers, in the model's dtype and mode."""
+    twin = convert(model)
+    twin = twin.to(torch.float64 if model.dtype == np.float64 else torch.float32)
+    twin.load_state_dict(to_torch_state(model.state_dict()), strict=True)
+    twin.train(model.training)
+    return twin

@@ -34,8 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from .._atomic import atomic_write
 from .._checks import HaloRefError, check_positive_int
+from ..attention.layer import HaloAttention, downsampling
+from ..models import halonet
+from ..nn.functional import cross_entropy_backward, cross_entropy_forward
 
 FORMAT_VERSION = 1
 DTYPES = ("float64", "float32")
@@ -102,8 +106,7 @@ class VectorConfig:
 
     def derived(self) -> dict:
         """Quantities an implementation derives from the arguments (stated to avoid guesswork)."""
-        pool = self.stride > 1 and (self.avg_down or self.block_size % self.stride != 0)
-        query_stride = 1 if (self.stride == 1 or pool) else self.stride
+        pool, query_stride = downsampling(self.stride, self.block_size, self.avg_down)
         return dict(
             dim_head_v=self.dim_out // self.num_heads,
             scale=float(self.dim_head) ** -0.5,
@@ -283,8 +286,6 @@ def reference_result(config: VectorConfig, x, weights, dout) -> dict[str, np.nda
     x: (B, dim, H, W); weights: timm names -> arrays; dout: like the output. Inputs of any float
     dtype are promoted to float64 first, so a float32 vector's truth is exact for its inputs.
     """
-    from ..attention import HaloAttention
-
     layer = HaloAttention(
         config.dim, config.dim_out, **config.layer_kwargs(), dtype=np.float64, backend=BACKEND
     )
@@ -304,8 +305,6 @@ def make_vector(config: VectorConfig, *, seed: int = 0) -> dict[str, dict[str, n
     N(0, 1), and the float64 results. float32: the same inputs rounded to float32, and the results
     computed in float64 *from those rounded inputs*, then rounded: the best float32 answer.
     """
-    from ..attention import HaloAttention
-
     rng = _generator(seed, config.name)
     layer = HaloAttention(
         config.dim,
@@ -331,8 +330,6 @@ def make_vector(config: VectorConfig, *, seed: int = 0) -> dict[str, dict[str, n
 
 
 def _build_model(config: ModelVectorConfig, rng=None):
-    from ..models import halonet
-
     return halonet(
         config.model,
         num_classes=config.num_classes,
@@ -349,14 +346,11 @@ def reference_model_result(config: ModelVectorConfig, x, labels, weights) -> dic
     x: (B, in_chans, H, W); labels: int (B,); weights: the model's state dict (parameters and
     BatchNorm buffers). Float inputs are promoted to float64 first.
     """
-    from ..nn.functional import cross_entropy_backward, cross_entropy_forward, numpy_kernels
-
-    model = _build_model(config, rng=0)
+    model = _build_model(config, rng=0)  # every layer on BACKEND: the readable formulas
     model.load_state_dict({k: np.asarray(v, np.float64) for k, v in weights.items()})
-    with numpy_kernels():  # the readable formulas, as for the attention (BACKEND)
-        logits = model.forward(np.asarray(x, np.float64))
-        loss, cache = cross_entropy_forward(logits, np.asarray(labels))
-        dx = model.backward(cross_entropy_backward(cache))
+    logits = model.forward(np.asarray(x, np.float64))
+    loss, cache = cross_entropy_forward(logits, np.asarray(labels))
+    dx = model.backward(cross_entropy_backward(cache))
     result = {"logits": logits, "loss": np.asarray(loss, np.float64), "dx": dx}
     for key in sorted(model.grads):
         result[GRAD_PREFIX + key] = model.grads[key]
@@ -445,8 +439,6 @@ def write_vectors(out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_G
     Files are named `<config name>.<dtype>.npz`. The manifest is written last, so a manifest
     always describes complete files. Returns the manifest (a dict).
     """
-    from .. import __version__
-
     seed = check_positive_int(seed, "seed", minimum=0)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

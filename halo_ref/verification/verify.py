@@ -11,21 +11,22 @@ implementation returns (out, None, None). `Adapter.supports(config)` returns Non
 implementation has the configuration's semantics, else the reason it has not (for example timm
 has no border="mask"): such vectors are reported as not applicable, not as failures.
 
-`verify(adapter)` runs every vector, compares each result array with `halo_ref.testing.compare`
+`verify(adapter)` runs every vector, compares each result array with
+`halo_ref.verification.testing.compare`
 (error = max|actual - expected| / max|expected|, against the manifest's tolerance for the dtype)
 and returns a `Report`: a pass/fail table per configuration, the worst entries of each failing
 array, and a diagnosis naming the configuration property that the failures share.
 
-Shipped adapters: `timm_adapter()` (timm's `HaloAttn`), `torch_adapter()`, a from-scratch
-PyTorch implementation with both borders (docs/verification.md has a standalone one as the
-template), and `halo_ref_adapter(backend)`, halo_ref itself (to check a new backend).
+Shipped adapters (`halo_ref.verification.adapters`): `halo_ref_adapter(backend)`, halo_ref
+itself (to check a new backend), and, with PyTorch (`halo_ref.verification.torch_side`),
+`timm_adapter()` (timm's `HaloAttn`) and `torch_adapter()`, a from-scratch PyTorch
+implementation with both borders (docs/verification.md has a standalone one as the template);
 `torch_adapter(bug=...)` plants one of four known mistakes in it (`PLANTED_BUGS`), to show, and
 to test, that each one is caught.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -325,266 +326,15 @@ def verify(
     return Report(name or adapter.name, results)
 
 
-# ---------------------------------------------------------------------------------------------
-# Adapters shipped with halo_ref
-# ---------------------------------------------------------------------------------------------
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise HaloRefError(
-            "this adapter needs PyTorch: pip install torch==2.13.0 (CPU is enough)"
-        ) from None
-    return torch
-
-
-def _torch_grads(torch, x, weights, dout, forward):
-    """Run `forward(x_t, weights_t)` in torch with autograd; return NumPy (out, dx, grads)."""
-    dtype = torch.float64 if x.dtype == np.float64 else torch.float32
-    threads = torch.get_num_threads()
-    # these layers are tiny: thread start-up costs more than it saves (10x on a busy machine)
-    torch.set_num_threads(1)
-    try:
-        xt = torch.tensor(x, dtype=dtype, requires_grad=True)
-        wt = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in weights.items()}
-        out = forward(xt, wt)
-        out.backward(torch.tensor(dout, dtype=dtype))
-        grads = {k: v.grad.numpy() for k, v in wt.items()}
-        return out.detach().numpy(), xt.grad.numpy(), grads
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _timm_supports(config: dict) -> str | None:
-    if config["border"] != "zeros":
-        return "timm has only border='zeros'"
-    return None
-
-
-def timm_adapter() -> Adapter:
-    """timm's `HaloAttn` (loaded in isolation by `halo_ref.timm_compat`): border="zeros" only."""
-    torch = _torch()
-    from .torch_side import load_timm_halo_attn
-
-    try:
-        halo_attn = load_timm_halo_attn()
-    except ImportError as exc:
-        raise HaloRefError(str(exc)) from None
-
-    def run(config, x, weights, dout):
-        module = halo_attn.HaloAttn(
-            config["dim"],
-            config["dim_out"],
-            stride=config["stride"],
-            num_heads=config["num_heads"],
-            dim_head=config["dim_head"],
-            block_size=config["block_size"],
-            halo_size=config["halo_size"],
-            qkv_bias=config["qkv_bias"],
-            avg_down=config["avg_down"],
-            scale_pos_embed=config["scale_pos_embed"],
-        )
-
-        def forward(xt, wt):
-            # the weights as leaves we own, so that their .grad is ours to read
-            return torch.func.functional_call(module, wt, (xt,))
-
-        return _torch_grads(torch, x, weights, dout, forward)
-
-    return Adapter("timm HaloAttn", run, _timm_supports)
-
-
-def halo_ref_adapter(backend: str = "numba") -> Adapter:
-    """halo_ref itself with the given attention backend (checks a new backend, e.g. numba)."""
-    from ..attention import BACKENDS
-
-    if backend not in BACKENDS:
-        raise HaloRefError(f"backend={backend!r} is unknown; choose one of {sorted(BACKENDS)}")
-
-    def run(config, x, weights, dout):
-        from ..attention import HaloAttention
-
-        kw = {k: config[k] for k in _LAYER_KEYS}
-        layer = HaloAttention(
-            config["dim"], config["dim_out"], **kw, dtype=x.dtype, backend=backend
-        )
-        layer.load_state_dict(weights)
-        out = layer.forward(x)
-        dx = layer.backward(dout)
-        return out, dx, layer.grads
-
-    def run_model(config, x, labels, weights):
-        from ..models import halonet
-        from ..nn.functional import cross_entropy_backward, cross_entropy_forward
-
-        model = halonet(
-            config["model"],
-            num_classes=config["num_classes"],
-            in_chans=config["in_chans"],
-            dtype=x.dtype,
-            rng=0,
-            backend=backend,
-        )
-        model.load_state_dict(weights)
-        logits = model.forward(x)
-        loss, cache = cross_entropy_forward(logits, labels)
-        dx = model.backward(cross_entropy_backward(cache))
-        return logits, loss, dx, model.grads
-
-    return Adapter(f"halo_ref (backend {backend!r})", run, run_model=run_model)
-
-
-_LAYER_KEYS = (
-    "num_heads",
-    "dim_head",
-    "block_size",
-    "halo_size",
-    "stride",
-    "avg_down",
-    "qkv_bias",
-    "scale_pos_embed",
-    "border",
-)
-
-
-PLANTED_BUGS = {
-    "inverted_mask": "the padding mask is inverted: keys inside the image are masked out",
-    "relpos_off_by_one": "the relative index is off by one (offset + win instead of + win - 1)",
-    "double_scale": "with scale_pos_embed, the position logits are scaled twice",
-    "kv_split": "k and v are split as [all k | all v] instead of per head [k_0 | v_0 | k_1 ...]",
-}
-
-
-def torch_halo_attention(x, weights, config, *, bug=None):
-    """Halo attention written from scratch in PyTorch (autograd gives the gradients).
-
-    x: (B, dim, H, W) torch tensor; weights: timm names -> tensors; config: a vector's config.
-    Returns (B, dim_out, H/stride, W/stride). `bug` plants one of `PLANTED_BUGS` (or None).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    B, _, H, W = x.shape
-    heads, b, h = config["num_heads"], config["block_size"], config["halo_size"]
-    d_qk, d_v = config["dim_head"], config["dim_out"] // config["num_heads"]
-    win, R = b + 2 * h, 2 * (b + 2 * h) - 1
-    pool = config["stride"] == 2 and (config["avg_down"] or b % 2 == 1)
-    s = 2 if config["stride"] == 2 and not pool else 1  # query subsampling
-    bq, nh, nw = b // s, H // b, W // b
-
-    q = F.conv2d(x, weights["q.weight"], weights.get("q.bias"), stride=s)
-    q = q.reshape(B, heads, d_qk, nh, bq, nw, bq).permute(0, 1, 3, 5, 4, 6, 2)
-    q = q.reshape(B, heads, nh * nw, bq * bq, d_qk)  # B, heads, N, Pq, d_qk
-    kv = F.conv2d(x, weights["kv.weight"], weights.get("kv.bias"))
-    kv = F.pad(kv, [h, h, h, h]).unfold(2, win, b).unfold(3, win, b)  # B, C, nh, nw, win, win
-    kv = kv.reshape(B, -1, nh * nw, win * win)  # B, heads*(d_qk+d_v), N, Pw
-    if bug == "kv_split":
-        k = kv[:, : heads * d_qk].reshape(B, heads, d_qk, nh * nw, win * win)
-        v = kv[:, heads * d_qk :].reshape(B, heads, d_v, nh * nw, win * win)
-    else:
-        kv = kv.reshape(B, heads, d_qk + d_v, nh * nw, win * win)
-        k, v = kv[:, :, :d_qk], kv[:, :, d_qk:]
-    k, v = k.permute(0, 1, 3, 4, 2), v.permute(0, 1, 3, 4, 2)  # B, heads, N, Pw, d
-
-    # relative position: query (qy, qx) in its block, key (ky, kx) in the window
-    qy, qx = torch.arange(bq).repeat_interleave(bq), torch.arange(bq).repeat(bq)
-    kk = torch.arange(win)
-    shift = win if bug == "relpos_off_by_one" else win - 1
-    idx_h = (kk[None, :] - qy[:, None] + shift).clamp(max=R - 1)  # Pq, win
-    idx_w = (kk[None, :] - qx[:, None] + shift).clamp(max=R - 1)
-    rel_h = torch.gather(
-        q @ weights["pos_embed.height_rel"].T, -1, idx_h.expand(*q.shape[:-2], bq * bq, win)
-    )
-    rel_w = torch.gather(
-        q @ weights["pos_embed.width_rel"].T, -1, idx_w.expand(*q.shape[:-2], bq * bq, win)
-    )
-    pos = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)  # B, heads, N, Pq, Pw
-    scale = d_qk**-0.5
-    content = q @ k.transpose(-1, -2)
-    if config["scale_pos_embed"]:
-        pos_term = pos * scale if bug == "double_scale" else pos
-        logits = (content + pos_term) * scale
-    else:
-        logits = content * scale + pos
-    if config["border"] == "mask":
-        rows = torch.arange(nh)[:, None] * b - h + kk  # nh, win: image row of each window row
-        cols = torch.arange(nw)[:, None] * b - h + kk
-        inside = ((rows >= 0) & (rows < H))[:, None, :, None] & ((cols >= 0) & (cols < W))[
-            None, :, None, :
-        ]
-        inside = inside.reshape(nh * nw, 1, win * win)  # N, 1, Pw
-        if bug == "inverted_mask":
-            inside = ~inside
-        logits = logits.masked_fill(~inside, float("-inf"))
-    out = logits.softmax(-1) @ v  # B, heads, N, Pq, d_v
-    out = out.reshape(B, heads, nh, nw, bq, bq, d_v).permute(0, 1, 6, 2, 4, 3, 5)
-    out = out.reshape(B, heads * d_v, nh * bq, nw * bq)
-    return F.avg_pool2d(out, 2) if pool else out
-
-
-def torch_adapter(bug: str | None = None) -> Adapter:
-    """`torch_halo_attention` as an adapter (both borders); bug: None or a `PLANTED_BUGS` key."""
-    if bug is not None and bug not in PLANTED_BUGS:
-        raise HaloRefError(
-            f"bug={bug!r} is not a planted bug; choose one of {sorted(PLANTED_BUGS)}"
-        )
-    torch = _torch()
-
-    def run(config, x, weights, dout):
-        return _torch_grads(
-            torch, x, weights, dout, lambda xt, wt: torch_halo_attention(xt, wt, config, bug=bug)
-        )
-
-    name = "PyTorch example" + (f" with planted bug {bug!r}" if bug else "")
-    return Adapter(name, run)
-
-
-def resolve_adapter(spec: str) -> Adapter:
-    """An adapter from a command-line name: "timm", "torch", "torch:<bug>", "halo_ref:<backend>"
-    or "module:name".
-
-    "module:name" imports `module`; `name` is either an `Adapter` or a function
-    run(config, x, weights, dout) -> (out, dx, grads) (then every configuration is tried).
-    """
-    if spec == "timm":
-        return timm_adapter()
-    if spec == "torch":
-        return torch_adapter()
-    if spec.startswith("torch:"):
-        return torch_adapter(spec.split(":", 1)[1])
-    if spec.startswith("halo_ref:"):
-        return halo_ref_adapter(spec.split(":", 1)[1])
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise HaloRefError(
-            f"--against {spec!r} is not known; use timm, torch, torch:<bug>, halo_ref:<backend> "
-            "or module:function"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HaloRefError(f"--against {spec!r}: cannot import {module_name!r} ({exc})") from None
-    obj = getattr(module, attr, None)
-    if obj is None:
-        raise HaloRefError(f"--against {spec!r}: {module_name!r} has no attribute {attr!r}")
-    if isinstance(obj, Adapter):
-        return obj
-    if isinstance(obj, type) or not callable(obj):
-        raise HaloRefError(f"--against {spec!r}: {attr!r} is not a function or an Adapter")
-    return Adapter(spec, obj)
-
-
 __all__ = [
     "DTYPES",
-    "PLANTED_BUGS",
+    "ERROR",
+    "FAIL",
+    "NOT_APPLICABLE",
+    "PASS",
     "Adapter",
     "Report",
     "VectorResult",
     "check_vector",
-    "halo_ref_adapter",
-    "resolve_adapter",
-    "timm_adapter",
-    "torch_adapter",
-    "torch_halo_attention",
     "verify",
 ]

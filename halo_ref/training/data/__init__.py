@@ -8,39 +8,16 @@ of `halo_ref.data.augment`; keeping the raw uint8 images here keeps datasets sma
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
 
 from ..._checks import HaloRefError
+from .cifar10 import load_cifar10
+from .dataset import Dataset
+from .npz import load_npz
 
 DATASETS_HELP = "digits (bundled, no network), cifar10, or npz:PATH"
-
-
-@dataclass
-class Dataset:
-    """A labelled train/test split of uint8 images.
-
-    x_train: (N, H, W, C) uint8; y_train: (N,) int64 in [0, num_classes); likewise for the test
-    split. `crop_pad` and `flip` are the augmentation that suits the data (digits must not be
-    mirrored; photographs may).
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    crop_pad: int = 0
-    flip: bool = False
-    class_names: list[str] = field(default_factory=list)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of every image."""
-        return tuple(self.x_train.shape[1:])
 
 
 def load_digits() -> Dataset:
@@ -81,12 +58,8 @@ def load_dataset(spec: str, *, data_dir: str | None = None, download: bool = Fal
     if spec == "digits":
         return load_digits()
     if spec == "cifar10":
-        from .cifar10 import load_cifar10
-
         return load_cifar10(data_dir or default_data_dir(), download=download)
     if spec.startswith("npz:"):
-        from .npz import load_npz
-
         return load_npz(spec[4:])
     raise HaloRefError(f"--dataset {spec!r} is not known; use {DATASETS_HELP}")
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..._atomic import atomic_write
 from ..._checks import HaloRefError
-from . import Dataset
+from .dataset import Dataset
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"

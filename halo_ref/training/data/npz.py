@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..._checks import HaloRefError, read_npz
-from . import Dataset
+from .dataset import Dataset
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 

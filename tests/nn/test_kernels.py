@@ -1,9 +1,9 @@
-"""The Numba kernels of the network's other layers (halo_ref.nn.kernels: BatchNorm, SiLU,
-1x1 convolution) against the NumPy formulas of halo_ref.nn.functional, and their determinism.
+"""halo_ref.nn.kernels (BatchNorm, SiLU, the sum of two branches, convolutions) against the NumPy
+formulas of halo_ref.nn.functional, whose contract they share, and their determinism.
 
-The gradient checks of tests/test_layers.py run on both implementations; this module adds
-what finite differences cannot see: float32 accuracy at extreme inputs, agreement of the two
-implementations in float32, and bit-identical results for any thread count.
+The gradient checks of tests/nn/test_functional.py run on both implementations; this module
+adds what finite differences cannot see: float32 accuracy at extreme inputs, agreement of the
+two implementations in float32, and bit-identical results for any thread count.
 
 Tolerances: float64 1e-12 relative to the largest entry (the two implementations sum in
 different orders; rounding only, ~1e-15 per term over at most a few hundred terms); float32
@@ -16,6 +16,7 @@ import numba
 import numpy as np
 import pytest
 
+from halo_ref import backend
 from halo_ref.nn import functional as L
 from halo_ref.nn import kernels as K
 from halo_ref.verification.testing import assert_close
@@ -37,7 +38,7 @@ def test_silu_kernel_accurate_at_extreme_inputs(numba_warm):
     float32 (x < -88); infinities and signed zeros as the formula says; NaN stays NaN."""
     x = np.concatenate([np.linspace(-120, 120, 4001), [-1e30, -88.8, -1e-30, 0.0, -0.0, 1e30]])
     x = np.concatenate([x, [np.inf, -np.inf, np.nan]]).astype(np.float32)
-    out = K.silu_forward(x)
+    out, cache = K.silu_forward(x)
     finite = np.isfinite(x)
     assert np.isfinite(out[finite]).all()
     normal = finite & (x > -87)
@@ -47,7 +48,7 @@ def test_silu_kernel_accurate_at_extreme_inputs(numba_warm):
     assert np.abs(out[finite & (x <= -87)]).max() <= 1e-35
     assert out[-3] == np.inf and np.isnan(out[-2]) and np.isnan(out[-1])  # -inf * 0 is NaN
     # the backward recomputes the sigmoid: finite everywhere x is, and NaN stays NaN
-    dx = K.silu_backward(np.ones_like(x), x)
+    dx = K.silu_backward(np.ones_like(x), cache)
     assert np.isfinite(dx[finite]).all() and np.isnan(dx[-1])
 
 
@@ -57,13 +58,10 @@ def test_silu_kernels_agree(numba_warm, dtype):
     x = (rng.standard_normal((4, 6, 5, 7)) * 4).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
 
-    def run():
-        out, cache = L.silu_forward(x)
-        return out, L.silu_backward(g, cache)
-
-    with L.numpy_kernels():
-        results = [run()]
-    results.append(run())  # the default: the Numba kernel
+    results = []
+    for pair in (L, K):
+        out, cache = pair.silu_forward(x)
+        results.append((out, pair.silu_backward(g, cache)))
     for label, a, b in zip(("out", "dx"), *results, strict=True):
         assert a.dtype == dtype, label
         assert_close(a, b, rtol=RTOL[dtype], name=label)
@@ -74,7 +72,7 @@ def test_add_kernel_agrees_with_numpy(numba_warm, dtype):
     """Exactly: one rounding per element either way."""
     rng = np.random.default_rng(4)
     a, b = (rng.standard_normal((2, 3, 70, 301)).astype(dtype) for _ in range(2))
-    out = L.add(a, b)
+    out = K.add(a, b)
     assert out.dtype == dtype and np.array_equal(out, a + b)
     assert out is not a and out is not b
 
@@ -82,22 +80,21 @@ def test_add_kernel_agrees_with_numpy(numba_warm, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stride, bias", [(1, False), (2, True)])
 def test_conv1x1_kernels_agree_through_conv2d(numba_warm, dtype, stride, bias):
-    """conv2d_forward with a 1x1 kernel takes the Numba path by default; it equals the im2col
-    product of the NumPy path, output and every gradient."""
+    """The backend's 1x1 path (the Numba kernels) equals the im2col product of the NumPy
+    formula, output and every gradient."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((11, 24, 6, 8)).astype(dtype)
     w = rng.standard_normal((40, 24, 1, 1)).astype(dtype)
     b = rng.standard_normal(40).astype(dtype) if bias else None
 
-    def run():
-        out, cache = L.conv2d_forward(x, w, b, stride)
+    def run(forward, backward):
+        out, cache = forward(x, w, b, stride)
         g = np.random.default_rng(6).standard_normal(out.shape).astype(dtype)
-        grads = L.conv2d_backward(g, cache)
+        grads = backward(g, cache)
         return (out, *grads[:2]) + ((grads[2],) if bias else ())
 
-    with L.numpy_kernels():
-        results = [run()]
-    results.append(run())  # the default: the Numba kernels
+    results = [run(L.conv2d_forward, L.conv2d_backward)]
+    results.append(run(backend.NUMBA.conv2d_forward, backend.NUMBA.conv2d_backward))
     labels = ("out", "dx", "dweight", "dbias")[: len(results[0])]
     for label, a, c in zip(labels, *results, strict=True):
         assert a.dtype == dtype, label
@@ -106,10 +103,14 @@ def test_conv1x1_kernels_agree_through_conv2d(numba_warm, dtype, stride, bias):
 
 def _run_all(x3, w_conv, g3):
     """One forward and backward of each kernel; returns every output array."""
-    out, mean, var, invstd = K.batchnorm_train_forward(x3, x3[0, :, 0], x3[0, :, 1], 1e-5)
-    bn = (out, mean, var, invstd, *K.batchnorm_train_backward(g3, x3, mean, x3[0, :, 0], invstd))
-    s_out = K.silu_forward(x3)
-    silu = (s_out, K.silu_backward(g3, x3), K.add(x3, g3))
+    x4, g4 = x3[..., None], g3[..., None]  # B, C, pixels, 1
+    stats = np.zeros(x3.shape[1]), np.ones(x3.shape[1])
+    out, cache = K.batchnorm2d_train_forward(
+        x4, x3[0, :, 0], x3[0, :, 1], *stats, momentum=0.1, eps=1e-5
+    )
+    bn = (out, cache.mean, cache.invstd, *stats, *K.batchnorm2d_train_backward(g4, cache))
+    s_out, s_cache = K.silu_forward(x3)
+    silu = (s_out, K.silu_backward(g3, s_cache), K.add(x3, g3))
     x4 = x3.reshape(x3.shape[0], x3.shape[1], 16, -1)
     c_out, cache = K.conv1x1_forward(x4, w_conv)
     conv = (c_out, *K.conv1x1_backward(c_out, cache)[:2])
@@ -134,45 +135,6 @@ def test_layer_kernels_bit_identical_across_thread_counts(numba_warm, pixels):
         numba.set_num_threads(before)
     for i, (a, b) in enumerate(zip(one, many, strict=True)):
         assert np.array_equal(a, b), f"output {i} differs between 1 and N threads"
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_kernels_are_the_default_for_float_inputs(monkeypatch, dtype):
-    """The switches pick the kernels for float32 and float64 (a check that cannot silently
-    fall back to NumPy: each kernel is replaced by one that records its call)."""
-    called = []
-
-    def spy(name):
-        real = getattr(K, name)
-
-        def record(*args, **kwargs):
-            called.append(name)
-            return real(*args, **kwargs)
-
-        return record
-
-    names = ("silu_forward", "silu_backward", "conv1x1_forward", "conv2d_forward")
-    names += ("batchnorm_train_forward", "batchnorm_train_backward", "add")
-    for name in names:
-        monkeypatch.setattr(K, name, spy(name))
-    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(dtype)
-    out, cache = L.silu_forward(x)
-    L.silu_backward(out, cache)
-    L.conv2d_forward(x, np.ones((5, 3, 1, 1), dtype))
-    L.conv2d_forward(x, np.ones((5, 3, 3, 3), dtype), padding=1)
-    ones, zeros = np.ones(3, dtype), np.zeros(3, dtype)
-    out, cache = L.batchnorm2d_forward(x, ones, zeros, zeros.copy(), ones.copy(), training=True)
-    L.batchnorm2d_backward(out, cache)
-    L.add(x, out)
-    assert called == list(names)
-    called.clear()
-    x16 = x.astype(np.float16)  # not a kernel dtype: the NumPy formulas
-    L.silu_forward(x16)
-    L.add(x16, x16)
-    L.add(x, x[:, :1])  # shapes that broadcast: NumPy
-    h16, z16 = np.ones(3, np.float16), np.zeros(3, np.float16)
-    L.batchnorm2d_forward(x16, h16, z16, z16.copy(), h16.copy(), training=True)
-    assert called == []
 
 
 @pytest.mark.parametrize("limit", [K._MNK, 2**62])  # BLAS multi-threaded; single-threaded
@@ -205,9 +167,8 @@ def test_conv_kernels_with_either_product_size(
     )
     g = rng.standard_normal(out.shape)
     grads = (K.conv1x1_backward if k == 1 else K.conv2d_backward)(g, cache)
-    with L.numpy_kernels():
-        ref, ref_cache = L.conv2d_forward(x, w, None, stride, padding)
-        ref_grads = L.conv2d_backward(g, ref_cache)
+    ref, ref_cache = L.conv2d_forward(x, w, None, stride, padding)
+    ref_grads = L.conv2d_backward(g, ref_cache)
     for label, a, c in zip(
         ("out", "dx", "dweight"), (out, *grads[:2]), (ref, *ref_grads[:2]), strict=True
     ):

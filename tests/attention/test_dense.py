@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from strategies import core_cases, layer_cases
 
 from halo_ref import HaloAttention
-from halo_ref.attention import halo_attention_backward, halo_attention_forward
+from halo_ref.attention.core import halo_attention_backward, halo_attention_forward
 from halo_ref.attention.dense import (
     dense_halo_attention_backward,
     dense_halo_attention_forward,

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import perturb, reduced_config
 
 from halo_ref import HaloRefError
 from halo_ref.models import CONFIGS, NAMES, PAPER_TABLE, HaloNet, StageConfig, count_params, halonet
@@ -35,33 +36,10 @@ EXPECTED_PARAMS = {
 
 
 # The finite-difference checks run the model 2 x (number of parameter tensors) times. They use
-# the NumPy attention backend, 3x faster than Numba's at batch 2 in float64; the two backends
-# are checked against each other in tests/test_kernels.py, and the PyTorch twin tests run the
-# default backend.
+# the NumPy backend, 3x faster than Numba's at batch 2 in float64; the two backends are checked
+# against each other in tests/attention/test_kernels.py and tests/nn/, and the PyTorch twin
+# tests run the default backend.
 NUMPY = "numpy"
-
-
-def perturb(model, rng, scale=0.2):
-    """Move every parameter off its initial value: BN's weight 1 / bias 0 and the zeroed last
-    BN of each block would make some gradients vanish and the checks weaker."""
-    for p in model.params.values():
-        p[...] = p + scale * rng.standard_normal(p.shape)
-
-
-def reduced_config(name="h1", depths=(1, 1, 2, 1), image=40, pool=True):
-    """A small member of the H family: the paper's config with 1/8 of the widths, fewer
-    blocks and small images.
-
-    image=40 gives 10x10 maps at stage 1 with b = 8 (20x20 with pool=False), so every
-    attention pads to whole blocks (the H7 code path) and the strided blocks see odd sizes.
-    """
-    cfg = CONFIGS[name]
-    stages = tuple(
-        dataclasses.replace(s, depth=d, mid=s.mid // 8, out=max(8, s.out // 8), num_heads=2)
-        for s, d in zip(cfg.stages, depths, strict=True)
-    )
-    stem = ((8, 7, 2),)
-    return dataclasses.replace(cfg, stages=stages, stem=stem, image_size=image, stem_pool=pool)
 
 
 # -- configurations ---------------------------------------------------------------------------
@@ -143,7 +121,7 @@ def test_padded_h_family_member_gradients():
 
     Without the stem's max pool: among thousands of 3x3 windows some hold two values within
     1e-6 of each other, where max is not differentiable and finite differences straddle the
-    kink (max pooling is checked on its own in test_layers.py, and in the PyTorch twin tests).
+    kink (max pooling is checked on its own in tests/nn/, and in the PyTorch twin tests).
     """
     rng = np.random.default_rng(2)
     cfg = reduced_config(pool=False)

@@ -8,18 +8,12 @@ archive is served over HTTP from 127.0.0.1 inside the test; nothing is downloade
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import io
 import os
 import pickle
-import struct
-import tarfile
-import threading
 
 import numpy as np
 import pytest
+from helpers import cifar_batch, make_cifar_archive, py2_pickle
 from hypothesis import given
 from strategies import augment_cases
 
@@ -153,136 +147,16 @@ def test_augment_is_a_crop_of_the_padded_image_and_reproducible(case):
 # -- CIFAR-10 in its official format ------------------------------------------------------------
 
 
-def _py2_pickle(obj) -> bytes:
-    """Pickle dicts, lists, ints, bytes and uint8 arrays the way Python 2's cPickle did."""
-    out = io.BytesIO()
-    out.write(b"\x80\x02")  # PROTO 2
-
-    def s(b: bytes):  # SHORT_BINSTRING / BINSTRING: Python 2 str, read back as bytes
-        out.write(
-            b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
-        )
-
-    def i(v: int):
-        out.write(b"J" + struct.pack("<i", v))  # BININT
-
-    def dump(o):
-        if isinstance(o, dict):
-            out.write(b"}(")  # EMPTY_DICT, MARK
-            for k, v in o.items():
-                dump(k)
-                dump(v)
-            out.write(b"u")  # SETITEMS
-        elif isinstance(o, list):
-            out.write(b"](")  # EMPTY_LIST, MARK
-            for v in o:
-                dump(v)
-            out.write(b"e")  # APPENDS
-        elif isinstance(o, bytes):
-            s(o)
-        elif isinstance(o, int):
-            i(o)
-        elif isinstance(o, np.ndarray):
-            assert o.dtype == np.uint8
-            out.write(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
-            i(0)
-            out.write(b"\x85")  # TUPLE1
-            s(b"b")
-            out.write(b"\x87R(")  # TUPLE3, REDUCE, MARK (the state tuple)
-            i(1)
-            for n in o.shape:
-                i(n)
-            out.write({1: b"\x85", 2: b"\x86"}[o.ndim])
-            out.write(b"cnumpy\ndtype\n")
-            s(b"u1")
-            i(0)
-            i(1)
-            out.write(b"\x87R(")  # dtype('u1', 0, 1), then its state
-            i(3)
-            s(b"|")
-            out.write(b"NNN")
-            i(-1)
-            i(-1)
-            i(0)
-            out.write(b"tb\x89")  # TUPLE, BUILD; NEWFALSE (C order)
-            s(o.tobytes())
-            out.write(b"tb")
-        else:
-            raise TypeError(type(o))
-
-    dump(obj)
-    out.write(b".")
-    return out.getvalue()
-
-
-def _batch(n, seed, label):
-    rng = np.random.default_rng(seed)
-    return {
-        b"batch_label": label,
-        b"labels": [int(v) for v in rng.integers(0, 10, n)],
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        b"filenames": [f"img_{seed}_{k}.png".encode() for k in range(n)],
-    }
-
-
-def make_cifar_archive(folder, n_per_batch=4, tamper=None) -> tuple[str, str, dict]:
-    """A tiny cifar-10-python.tar.gz in `folder`; returns (path, md5, batches)."""
-    batches = {
-        f"data_batch_{k}": _batch(n_per_batch, k, f"training batch {k} of 5".encode())
-        for k in range(1, 6)
-    }
-    batches["test_batch"] = _batch(n_per_batch, 9, b"testing batch 1 of 1")
-    meta = {
-        b"num_cases_per_batch": n_per_batch,
-        b"label_names": [c.encode() for c in cifar10.CLASS_NAMES],
-        b"num_vis": 3072,
-    }
-    files = {name: _py2_pickle(b) for name, b in batches.items()}
-    files["batches.meta"] = _py2_pickle(meta)
-    files["readme.html"] = b"<meta HTTP-EQUIV='REFRESH' content='0; url=...'>\n"
-    if tamper:
-        files.update(tamper)
-    path = os.path.join(folder, cifar10.ARCHIVE)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{cifar10.FOLDER}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path, hashlib.md5(open(path, "rb").read()).hexdigest(), batches
-
-
-@pytest.fixture
-def http_folder(tmp_path):
-    """Serve tmp_path/"www" on 127.0.0.1 (a random free port); yields (folder, base url)."""
-    www = tmp_path / "www"
-    www.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):  # keep pytest's output clean
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(www))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_py2_pickle_writer_matches_the_standard_reader():
     # the writer's output must read back with pickle's own loader exactly as the official files
-    b = _batch(3, 0, b"x")
-    got = pickle.loads(_py2_pickle(b), encoding="bytes")
+    b = cifar_batch(3, 0, b"x")
+    got = pickle.loads(py2_pickle(b), encoding="bytes")
     assert got[b"labels"] == b[b"labels"] and np.array_equal(got[b"data"], b[b"data"])
 
 
 def test_restricted_unpickler_reads_an_official_batch():
-    b = _batch(5, 3, b"training batch 3 of 5")
-    got = cifar10.load_batch(_py2_pickle(b), "data_batch_3")
+    b = cifar_batch(5, 3, b"training batch 3 of 5")
+    got = cifar10.load_batch(py2_pickle(b), "data_batch_3")
     assert got[b"filenames"] == b[b"filenames"] and got[b"batch_label"] == b[b"batch_label"]
     assert got[b"data"].dtype == np.uint8 and np.array_equal(got[b"data"], b[b"data"])
 

@@ -1,4 +1,5 @@
-"""The README's first command until training lands: `halo-ref demo`."""
+"""`halo-ref demo`: the layer agrees with the dense oracle, the per-pixel loop and finite
+differences."""
 
 from __future__ import annotations
 

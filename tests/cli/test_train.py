@@ -1,7 +1,7 @@
 """`halo-ref train` and `halo-ref evaluate` end to end: kill -9 and resume, CIFAR-10, errors.
 
 The kill test runs the real command line in a subprocess (with the stand-in model of
-test_train.py, patched in by a small launcher script, so that it is fast and independent of
+tests/helpers.py, patched in by a small launcher script, so that it is fast and independent of
 the HaloNet models) and kills it with SIGKILL at several moments.
 """
 
@@ -17,24 +17,24 @@ import time
 
 import numpy as np
 import pytest
-from test_data import http_folder, make_cifar_archive  # noqa: F401 (http_folder is a fixture)
+from helpers import make_cifar_archive
 
 from halo_ref.cli.main import main
+from halo_ref.training.checkpoint import load_checkpoint
 from halo_ref.training.data import cifar10
-from halo_ref.training.loop import load_checkpoint
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LAUNCHER = """
 import os, sys, time
 sys.path.insert(0, {tests!r})
-import test_train
+import helpers
 import halo_ref.training.loop
 
 pause = float(os.environ.get("STEP_PAUSE", "0"))
 
 def factory(*args, **kwargs):
-    model = test_train.standin_factory(*args, **kwargs)
+    model = helpers.standin_factory(*args, **kwargs)
     forward = model.forward
     def slow(x):  # slows the run down so that the kills land during training
         time.sleep(pause)
@@ -42,7 +42,7 @@ def factory(*args, **kwargs):
     model.forward = slow
     return model
 
-halo_ref.training.loop.default_model_factory = factory
+halo_ref.training.loop.halonet = factory  # the model train() builds by default
 from halo_ref.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

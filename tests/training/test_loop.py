@@ -12,53 +12,16 @@ import os
 
 import numpy as np
 import pytest
+from helpers import StandIn, standin_factory
 
 from halo_ref import HaloRefError
-from halo_ref.nn.module import Module
-from halo_ref.training.loop import (
-    TrainConfig,
-    TrainingDiverged,
-    evaluate_checkpoint,
-    load_checkpoint,
-    train,
-)
+from halo_ref.models import halonet
+from halo_ref.training.checkpoint import load_checkpoint
+from halo_ref.training.config import TrainConfig
+from halo_ref.training.data import load_digits
+from halo_ref.training.evaluate import evaluate_checkpoint
+from halo_ref.training.loop import TrainingDiverged, train
 from halo_ref.verification.testing import check_layer_gradients
-
-
-class StandIn(Module):
-    """Flatten -> linear -> tanh -> linear: logits (B, K) from images (B, C, H, W)."""
-
-    def __init__(self, n_in, num_classes, *, hidden=16, dtype=np.float32, rng=0, multiple=1):
-        super().__init__()
-        rng = np.random.default_rng(rng)
-        self.add_param(
-            "fc1.weight", (rng.standard_normal((hidden, n_in)) / n_in**0.5).astype(dtype)
-        )
-        self.add_param("fc1.bias", np.zeros(hidden, dtype))
-        self.add_param("fc2.weight", (rng.standard_normal((num_classes, hidden)) / 4).astype(dtype))
-        self.add_param("fc2.bias", np.zeros(num_classes, dtype))
-        self.input_multiple = multiple
-
-    def forward(self, x):
-        p = self._params
-        self._shape = x.shape
-        self._x = x.reshape(len(x), -1)  # B, C*H*W
-        self._h = np.tanh(self._x @ p["fc1.weight"].T + p["fc1.bias"])  # B, hidden
-        return self._h @ p["fc2.weight"].T + p["fc2.bias"]
-
-    def backward(self, dout):
-        p, g = self._params, self._grads
-        g["fc2.weight"] = dout.T @ self._h
-        g["fc2.bias"] = dout.sum(axis=0)
-        dpre = (dout @ p["fc2.weight"]) * (1 - self._h**2)  # tanh' = 1 - tanh^2
-        g["fc1.weight"] = dpre.T @ self._x
-        g["fc1.bias"] = dpre.sum(axis=0)
-        return (dpre @ p["fc1.weight"]).reshape(self._shape)
-
-
-def standin_factory(name, *, num_classes, in_chans, dtype, rng, multiple=1, image=8):
-    return StandIn(in_chans * (-(-image // multiple) * multiple) ** 2, num_classes, dtype=dtype,
-                   rng=rng, multiple=multiple)  # fmt: skip
 
 
 class Sabotage:
@@ -212,10 +175,6 @@ def test_sgd_with_nesterov_and_label_smoothing_also_train(tmp_path):
 
 def test_resume_is_bit_identical_with_the_micro_halonet_too(tmp_path):
     # the HaloNet has BatchNorm running statistics (buffers): they must survive a resume too
-    pytest.importorskip("halo_ref.models")
-    from halo_ref.training.data import load_digits
-    from halo_ref.training.loop import default_model_factory
-
     d = load_digits()
     d.x_train, d.y_train, d.x_test, d.y_test = (
         d.x_train[:192],
@@ -228,12 +187,12 @@ def test_resume_is_bit_identical_with_the_micro_halonet_too(tmp_path):
         cfg = config(out, epochs=2, batch_size=32, lr=2e-3, checkpoint_every=4, **kw)
         return train(cfg, model_factory=factory, dataset=d, progress=False, log=lambda s: None)
 
-    go(tmp_path / "whole", default_model_factory)
+    go(tmp_path / "whole", halonet)
     with pytest.raises(KeyboardInterrupt):
         go(
-            tmp_path / "cut", Sabotage(7, "interrupt", base=default_model_factory)
+            tmp_path / "cut", Sabotage(7, "interrupt", base=halonet)
         )  # step 6 of 12: mid-epoch, after a save at 4
-    go(tmp_path / "cut", default_model_factory, resume=True)
+    go(tmp_path / "cut", halonet, resume=True)
     whole, cut = (
         _params(tmp_path / "whole/checkpoint.npz"),
         _params(tmp_path / "cut/checkpoint.npz"),

@@ -1,12 +1,17 @@
-"""HaloAttention's public contract: shapes, dtypes, state dicts, initialisation, errors."""
+"""HaloAttention's public contract: shapes, dtypes, state dicts, initialisation, errors, and its
+gradients by finite differences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from strategies import layer_cases
 
 from halo_ref import HaloAttention, HaloRefError
-from halo_ref.attention import make_divisible
+from halo_ref.attention.layer import downsampling
+from halo_ref.nn.init import make_divisible
+from halo_ref.verification.testing import GradientCheckError, check_gradients, check_layer_gradients
 
 
 def small(**kw):
@@ -39,6 +44,7 @@ def test_dimensions_follow_timm_rules():
 def test_stride_paths_and_output_shape(kw, pool, query_stride):
     layer = small(**kw)
     assert (layer.pool, layer.query_stride) == (pool, query_stride)
+    assert downsampling(layer.stride, layer.block_size, layer.avg_down) == (pool, query_stride)
     b = layer.block_size
     x = np.random.default_rng(0).standard_normal((2, 8, 4 * b, 2 * b)).astype(np.float32)
     out = layer.forward(x)
@@ -165,3 +171,38 @@ def test_backward_errors():
         layer.backward(x32(1, 8, 4, 4))
     with pytest.raises(HaloRefError, match="dout has dtype float64"):
         layer.backward(np.zeros((1, 8, 8, 8)))
+
+
+# -- gradients -------------------------------------------------------------------------------------
+@settings(max_examples=15)
+@given(layer_cases())
+def test_layer_gradients_match_finite_differences(case):
+    layer = HaloAttention(
+        case.dim, case.dim_out, dtype=np.float64, rng=case.seed, **case.layer_kwargs()
+    )
+    # dx and every parameter along a random direction; rel. error <= 1e-7 (see
+    # halo_ref.verification.testing)
+    errors = check_layer_gradients(layer, case.input(), rng=case.seed)
+    assert set(errors) == {"x", *layer.params}
+
+
+class _WrongBackward(HaloAttention):
+    """A layer whose backward forgets the position-table term of dq (a plausible slip)."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self._grads["pos_embed.width_rel"] = self._grads["pos_embed.width_rel"] * 1.001
+        return dx
+
+
+def test_checker_catches_a_wrong_parameter_gradient():
+    layer = _WrongBackward(4, 4, num_heads=2, block_size=2, halo_size=1, dtype=np.float64, rng=0)
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 4))
+    with pytest.raises(GradientCheckError, match="pos_embed.width_rel"):
+        check_layer_gradients(layer, x, rng=0)
+
+
+def test_checker_refuses_float32():
+    layer = HaloAttention(2, 2, num_heads=1, block_size=2, halo_size=1, rng=0)
+    with pytest.raises(TypeError, match="float64"):
+        check_gradients(lambda: 0.0, layer.params, layer.params)

@@ -1,0 +1,178 @@
+"""Helpers shared by several test modules: a stand-in model for the training loop, small
+HaloNet configurations, and CIFAR-10 archives in the official format."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import struct
+import tarfile
+
+import numpy as np
+
+from halo_ref.models import CONFIGS
+from halo_ref.nn.module import Module
+from halo_ref.training.data import cifar10
+
+
+# -- a stand-in model: what the training loop's tests train ------------------------------------
+class StandIn(Module):
+    """Flatten -> linear -> tanh -> linear: logits (B, K) from images (B, C, H, W)."""
+
+    def __init__(self, n_in, num_classes, *, hidden=16, dtype=np.float32, rng=0, multiple=1):
+        super().__init__()
+        rng = np.random.default_rng(rng)
+        self.add_param(
+            "fc1.weight", (rng.standard_normal((hidden, n_in)) / n_in**0.5).astype(dtype)
+        )
+        self.add_param("fc1.bias", np.zeros(hidden, dtype))
+        self.add_param("fc2.weight", (rng.standard_normal((num_classes, hidden)) / 4).astype(dtype))
+        self.add_param("fc2.bias", np.zeros(num_classes, dtype))
+        self.input_multiple = multiple
+
+    def forward(self, x):
+        p = self._params
+        self._shape = x.shape
+        self._x = x.reshape(len(x), -1)  # B, C*H*W
+        self._h = np.tanh(self._x @ p["fc1.weight"].T + p["fc1.bias"])  # B, hidden
+        return self._h @ p["fc2.weight"].T + p["fc2.bias"]
+
+    def backward(self, dout):
+        p, g = self._params, self._grads
+        g["fc2.weight"] = dout.T @ self._h
+        g["fc2.bias"] = dout.sum(axis=0)
+        dpre = (dout @ p["fc2.weight"]) * (1 - self._h**2)  # tanh' = 1 - tanh^2
+        g["fc1.weight"] = dpre.T @ self._x
+        g["fc1.bias"] = dpre.sum(axis=0)
+        return (dpre @ p["fc1.weight"]).reshape(self._shape)
+
+
+def standin_factory(name, *, num_classes, in_chans, dtype, rng, multiple=1, image=8):
+    return StandIn(in_chans * (-(-image // multiple) * multiple) ** 2, num_classes, dtype=dtype,
+                   rng=rng, multiple=multiple)  # fmt: skip
+
+
+# -- small HaloNets -------------------------------------------------------------------------------
+def perturb(model, rng, scale=0.2):
+    """Move every parameter off its initial value: BN's weight 1 / bias 0 and the zeroed last
+    BN of each block would make some gradients vanish and the checks weaker."""
+    for p in model.params.values():
+        p[...] = p + scale * rng.standard_normal(p.shape)
+
+
+def reduced_config(name="h1", depths=(1, 1, 2, 1), image=40, pool=True):
+    """A small member of the H family: the paper's config with 1/8 of the widths, fewer
+    blocks and small images.
+
+    image=40 gives 10x10 maps at stage 1 with b = 8 (20x20 with pool=False), so every
+    attention pads to whole blocks (the H7 code path) and the strided blocks see odd sizes.
+    """
+    cfg = CONFIGS[name]
+    stages = tuple(
+        dataclasses.replace(s, depth=d, mid=s.mid // 8, out=max(8, s.out // 8), num_heads=2)
+        for s, d in zip(cfg.stages, depths, strict=True)
+    )
+    stem = ((8, 7, 2),)
+    return dataclasses.replace(cfg, stages=stages, stem=stem, image_size=image, stem_pool=pool)
+
+
+# -- CIFAR-10 in its official format: Python 2 pickles, written opcode by opcode ----------------
+# (Python 3's pickler cannot produce Python 2's byte strings)
+def py2_pickle(obj) -> bytes:
+    """Pickle dicts, lists, ints, bytes and uint8 arrays the way Python 2's cPickle did."""
+    out = io.BytesIO()
+    out.write(b"\x80\x02")  # PROTO 2
+
+    def s(b: bytes):  # SHORT_BINSTRING / BINSTRING: Python 2 str, read back as bytes
+        out.write(
+            b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+        )
+
+    def i(v: int):
+        out.write(b"J" + struct.pack("<i", v))  # BININT
+
+    def dump(o):
+        if isinstance(o, dict):
+            out.write(b"}(")  # EMPTY_DICT, MARK
+            for k, v in o.items():
+                dump(k)
+                dump(v)
+            out.write(b"u")  # SETITEMS
+        elif isinstance(o, list):
+            out.write(b"](")  # EMPTY_LIST, MARK
+            for v in o:
+                dump(v)
+            out.write(b"e")  # APPENDS
+        elif isinstance(o, bytes):
+            s(o)
+        elif isinstance(o, int):
+            i(o)
+        elif isinstance(o, np.ndarray):
+            assert o.dtype == np.uint8
+            out.write(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
+            i(0)
+            out.write(b"\x85")  # TUPLE1
+            s(b"b")
+            out.write(b"\x87R(")  # TUPLE3, REDUCE, MARK (the state tuple)
+            i(1)
+            for n in o.shape:
+                i(n)
+            out.write({1: b"\x85", 2: b"\x86"}[o.ndim])
+            out.write(b"cnumpy\ndtype\n")
+            s(b"u1")
+            i(0)
+            i(1)
+            out.write(b"\x87R(")  # dtype('u1', 0, 1), then its state
+            i(3)
+            s(b"|")
+            out.write(b"NNN")
+            i(-1)
+            i(-1)
+            i(0)
+            out.write(b"tb\x89")  # TUPLE, BUILD; NEWFALSE (C order)
+            s(o.tobytes())
+            out.write(b"tb")
+        else:
+            raise TypeError(type(o))
+
+    dump(obj)
+    out.write(b".")
+    return out.getvalue()
+
+
+def cifar_batch(n, seed, label):
+    rng = np.random.default_rng(seed)
+    return {
+        b"batch_label": label,
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{seed}_{k}.png".encode() for k in range(n)],
+    }
+
+
+def make_cifar_archive(folder, n_per_batch=4, tamper=None) -> tuple[str, str, dict]:
+    """A tiny cifar-10-python.tar.gz in `folder`; returns (path, md5, batches)."""
+    batches = {
+        f"data_batch_{k}": cifar_batch(n_per_batch, k, f"training batch {k} of 5".encode())
+        for k in range(1, 6)
+    }
+    batches["test_batch"] = cifar_batch(n_per_batch, 9, b"testing batch 1 of 1")
+    meta = {
+        b"num_cases_per_batch": n_per_batch,
+        b"label_names": [c.encode() for c in cifar10.CLASS_NAMES],
+        b"num_vis": 3072,
+    }
+    files = {name: py2_pickle(b) for name, b in batches.items()}
+    files["batches.meta"] = py2_pickle(meta)
+    files["readme.html"] = b"<meta HTTP-EQUIV='REFRESH' content='0; url=...'>\n"
+    if tamper:
+        files.update(tamper)
+    path = os.path.join(folder, cifar10.ARCHIVE)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{cifar10.FOLDER}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path, hashlib.md5(open(path, "rb").read()).hexdigest(), batches
