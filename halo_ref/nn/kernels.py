@@ -249,15 +249,24 @@ def _product_limit():
     return 2**62 if blas_threads() == 1 else _MNK
 
 
+# Product sizes. Every BLAS call of these kernels stays below `_product_limit()` multiply-adds
+# (a limit only while BLAS may start threads of its own); each size below is what `_fit` lets
+# through of one dimension of a product, given the work per unit of it.
+@njit(cache=True)
+def _fit(count, work_per_unit, limit):
+    """How many of `count` units fit in one product of at most `limit` multiply-adds, when
+    each unit costs `work_per_unit`: between 1 (a product cannot be smaller) and count."""
+    return max(1, min(count, limit // work_per_unit))
+
+
 @njit(cache=True)
 def _pieces(O, C, L, mnk, chunk):
-    """(pixel chunk, output rows) per BLAS call, rows * C * chunk <= mnk: all the pixels of a
-    few rows when they fit (every operand is then a plain slice, nothing is copied), else
-    `chunk` pixels and as many rows as fit."""
-    if C * L <= mnk:
-        return L, max(1, min(O, mnk // (C * L)))
-    chunk = min(L, chunk)
-    return chunk, max(1, min(O, mnk // (C * chunk)))
+    """(pixel chunk, output rows) per BLAS call of an (O, C) @ (C, L) product, rows * C *
+    chunk <= mnk: all the pixels of a few rows when they fit (every operand is then a plain
+    slice, nothing is copied), else `chunk` pixels and as many rows as fit."""
+    if C * L > mnk:
+        L = min(L, chunk)
+    return L, _fit(O, C * L, mnk)
 
 
 @njit(cache=True)
@@ -266,6 +275,26 @@ def _image_chunk(t, n_chunks, chunk, L):
     n_chunks chunks of `chunk`."""
     lo = (t % n_chunks) * chunk
     return t // n_chunks, lo, min(L, lo + chunk)
+
+
+@njit(cache=True)
+def _add_products(acc, d, x, chunk, rows, tmp):
+    """acc += d @ x^T for d (O, K) and x (C, K), the inner loop of every weight gradient (a sum
+    over K pixels): one product when chunk >= K and rows >= O (every operand as it is, d in
+    either memory order), else products over `chunk` columns of K at a time, added to acc in
+    increasing order, and `rows` rows of d (copied contiguous). tmp: (at least rows, C)."""
+    O, K = d.shape
+    if chunk >= K and rows >= O:
+        np.dot(d, x.T, tmp[:O])  # x.T: a transposed view, which BLAS reads without a copy
+        acc += tmp[:O]
+        return
+    for lo in range(0, K, chunk):
+        hi = min(K, lo + chunk)
+        xt = np.ascontiguousarray(x[:, lo:hi]).T
+        for o0 in range(0, O, rows):
+            o1 = min(O, o0 + rows)
+            np.dot(np.ascontiguousarray(d[o0:o1, lo:hi]), xt, tmp[: o1 - o0])
+            acc[o0:o1] += tmp[: o1 - o0]
 
 
 @njit(parallel=True, cache=True)
@@ -318,16 +347,7 @@ def _weight_grad_kernel(dout, x, partial, mnk):
                 for j in range(nb):
                     d_all[:, j * L : (j + 1) * L] = dout[g + (i0 + j) * G]
                     x_all[:, j * L : (j + 1) * L] = x[g + (i0 + j) * G]
-            K = d_all.shape[1]
-            for lo in range(0, K, chunk):
-                hi = min(K, lo + chunk)
-                xb = x_all if hi - lo == K else np.ascontiguousarray(x_all[:, lo:hi])
-                xt = xb.T  # pixels, C: a transposed view, which BLAS reads without a copy
-                for o0 in range(0, O, rows):
-                    o1 = min(O, o0 + rows)
-                    d = d_all[o0:o1] if hi - lo == K else np.ascontiguousarray(d_all[o0:o1, lo:hi])
-                    np.dot(d, xt, tmp[: o1 - o0])
-                    acc[o0:o1] += tmp[: o1 - o0]
+            _add_products(acc, d_all, x_all, chunk, rows, tmp)
 
 
 def _pixel_pieces(O, C, L, B):
@@ -484,19 +504,9 @@ def _weight_grad_pixels_kernel(d, x, partial, mnk):
                 xg = np.empty((C, K), x.dtype)
                 for j in range(nb):
                     xg[:, j * L : (j + 1) * L] = x[i0 + j]
-            tmp = np.empty((O, C), x.dtype)
-            if O * C * K <= mnk:
-                np.dot(dg.T, xg.T, tmp)
-                acc += tmp
-            else:  # BLAS may start threads: sum over chunks of pixels (O * C > mnk: rows too)
-                chunk, rows = _pieces(O, C, K, mnk, 64)
-                for lo in range(0, K, chunk):
-                    hi = min(K, lo + chunk)
-                    xt = np.ascontiguousarray(xg[:, lo:hi]).T
-                    for o0 in range(0, O, rows):
-                        o1 = min(O, o0 + rows)
-                        np.dot(np.ascontiguousarray(dg[lo:hi, o0:o1]).T, xt, tmp[: o1 - o0])
-                        acc[o0:o1] += tmp[: o1 - o0]
+            # one product, unless BLAS may start threads (then chunks of pixels, rows too)
+            chunk, rows = _pieces(O, C, K, mnk, 64)
+            _add_products(acc, dg.T, xg, chunk, rows, np.empty((O, C), x.dtype))
 
 
 def conv1x1_to_pixels(x, weight, bias=None, stride=1):
@@ -648,6 +658,20 @@ def _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows):
                 out[b, o0:o1, oy0 * Wo : oy1 * Wo] = piece
 
 
+@njit(cache=True)
+def _columns_grad(w2, d, chunk, dcols):
+    """dcols = w2^T @ d for w2 (O, CKK), d (O, L): one product, or one per `chunk` pixels."""
+    L = d.shape[1]
+    if chunk >= L:
+        np.dot(w2.T, d, dcols)
+        return
+    for lo in range(0, L, chunk):
+        hi = min(L, lo + chunk)
+        piece = np.empty((dcols.shape[0], hi - lo), d.dtype)
+        np.dot(w2.T, np.ascontiguousarray(d[:, lo:hi]), piece)
+        dcols[:, lo:hi] = piece
+
+
 @njit(parallel=True, cache=True)
 def _conv_backward_kernel(x, w2, dout, k, stride, padding, dx, partial, chunk):
     """For the images b of group g = [g*B // G, (g+1)*B // G), in increasing b: partial[g] +=
@@ -666,18 +690,8 @@ def _conv_backward_kernel(x, w2, dout, k, stride, padding, dx, partial, chunk):
         tmp = np.empty((O, CKK), x.dtype)
         for b in range(g * B // G, (g + 1) * B // G):
             _im2col_image(x[b], k, stride, padding, 0, Ho, cols)
-            for lo in range(0, L, chunk):
-                hi = min(L, lo + chunk)
-                if hi - lo == L:
-                    np.dot(dout[b], cols.T, tmp)
-                    np.dot(w2.T, dout[b], dcols)
-                else:
-                    d = np.ascontiguousarray(dout[b, :, lo:hi])
-                    np.dot(d, np.ascontiguousarray(cols[:, lo:hi]).T, tmp)
-                    piece = np.empty((CKK, hi - lo), x.dtype)
-                    np.dot(w2.T, d, piece)
-                    dcols[:, lo:hi] = piece
-                acc += tmp
+            _add_products(acc, dout[b], cols, chunk, O, tmp)
+            _columns_grad(w2, dout[b], chunk, dcols)
             _col2im_image(dcols, k, stride, padding, dx[b])
 
 
@@ -705,8 +719,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     CKK = C * k * k
     band = Ho if B >= _MIN_TASKS else -(-Ho * B // _MIN_TASKS)  # a task for every thread
     limit = _product_limit()
-    band = max(1, min(band, limit // (O * CKK * Wo)))  # products below BLAS's threshold
-    rows = O if O * CKK * band * Wo <= limit else max(1, limit // (CKK * band * Wo))
+    band = _fit(band, O * CKK * Wo, limit)  # output rows of a task: products below the limit
+    rows = _fit(O, CKK * band * Wo, limit)
     _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows)
     if bias is not None:
         out += bias[None, :, None]
@@ -723,7 +737,7 @@ def conv2d_backward(dout, cache):
     d2 = np.ascontiguousarray(dout).reshape(B, O, -1)
     L = d2.shape[2]
     limit = _product_limit()
-    chunk = L if O * C * k * k * L <= limit else max(1, limit // (O * C * k * k))
+    chunk = _fit(L, O * C * k * k, limit)  # pixels per product
     dx = np.empty(x.shape, dout.dtype)
     partial = np.empty((min(B, _GROUPS), O, C * k * k), dout.dtype)
     w2 = np.ascontiguousarray(weight.reshape(O, C * k * k))
