@@ -673,24 +673,10 @@ def _pixels(a, dt):
     return np.ascontiguousarray(np.asarray(a).transpose(0, 2, 3, 1), dtype=dt)
 
 
-def halo_attention_forward_numba(
-    q_map,
-    kv_map,
-    height_rel,
-    width_rel,
-    *,
-    num_heads,
-    block_size,
-    halo_size,
-    query_stride=1,
-    scale,
-    scale_pos_embed=False,
-    border="zeros",
-    family=None,
-):
-    """Halo attention on projected maps, with the Numba kernels (the contract of
-    `halo_ref.attention.core.halo_attention_forward`; family: see
-    `halo_attention_forward_pixels`).
+def halo_attention_forward_numba(q_map, kv_map, height_rel, width_rel, *, num_heads, **kwargs):
+    """Halo attention on projected maps, with the Numba kernels: the contract of
+    `halo_ref.attention.core.halo_attention_forward` (its keyword arguments, and `family`:
+    see `halo_attention_forward_pixels`).
 
     q_map: (B, heads*d_qk, H/s, W/s); kv_map: (B, heads*(d_qk+d_v), H, W), per head [k | v];
     height_rel, width_rel: (2*win - 1, d_qk). Returns out (B, heads*d_v, H/s, W/s) and a cache
@@ -699,22 +685,9 @@ def halo_attention_forward_numba(
     """
     dt = _check_dtypes(q_map, kv_map, height_rel)
     d_v = kv_map.shape[1] // num_heads - height_rel.shape[1]
+    q_src, kv_src = _pixels(q_map, dt), _pixels(kv_map, dt)  # B, H/s, W/s, Cq and B, H, W, Ckv
     return halo_attention_forward_pixels(
-        _pixels(q_map, dt),
-        0,
-        _pixels(kv_map, dt),
-        0,
-        height_rel,
-        width_rel,
-        num_heads=num_heads,
-        d_v=d_v,
-        block_size=block_size,
-        halo_size=halo_size,
-        query_stride=query_stride,
-        scale=scale,
-        scale_pos_embed=scale_pos_embed,
-        border=border,
-        family=family,
+        q_src, 0, kv_src, 0, height_rel, width_rel, num_heads=num_heads, d_v=d_v, **kwargs
     )
 
 
