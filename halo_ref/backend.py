@@ -3,7 +3,7 @@
 Every operation that has a Numba kernel has two implementations under one contract: the
 readable NumPy pair of a maths page (`halo_ref.attention.core`, `halo_ref.nn.functional`) and
 the kernel beside it (`halo_ref.attention.kernels`, `halo_ref.nn.kernels`). A `Backend` names
-one of the two and runs it:
+one of the two and runs it::
 
     from halo_ref import backend
     backend.NUMBA.conv2d_forward(x, w, None, 1, 1)     # a kernel, whatever the context

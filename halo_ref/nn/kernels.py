@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from .._blas import ONE_THREAD_MNK as _MNK
 from .._blas import blas_threads
@@ -277,12 +278,25 @@ def _image_chunk(t, n_chunks, chunk, L):
     return t // n_chunks, lo, min(L, lo + chunk)
 
 
+def _piece(d, o0, o1, lo, hi):
+    """d[o0:o1, lo:hi] copied contiguous in d's own memory order (C or F): the order BLAS is
+    handed decides which of its routines runs, and so the last bits. Jitted code only."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+@overload(_piece, inline="always")
+def _piece_impl(d, o0, o1, lo, hi):
+    if d.layout == "F":
+        return lambda d, o0, o1, lo, hi: np.ascontiguousarray(d.T[lo:hi, o0:o1]).T
+    return lambda d, o0, o1, lo, hi: np.ascontiguousarray(d[o0:o1, lo:hi])
+
+
 @njit(cache=True)
 def _add_products(acc, d, x, chunk, rows, tmp):
     """acc += d @ x^T for d (O, K) and x (C, K), the inner loop of every weight gradient (a sum
     over K pixels): one product when chunk >= K and rows >= O (every operand as it is, d in
     either memory order), else products over `chunk` columns of K at a time, added to acc in
-    increasing order, and `rows` rows of d (copied contiguous). tmp: (at least rows, C)."""
+    increasing order, and `rows` rows of d (`_piece`). tmp: (at least rows, C)."""
     O, K = d.shape
     if chunk >= K and rows >= O:
         np.dot(d, x.T, tmp[:O])  # x.T: a transposed view, which BLAS reads without a copy
@@ -293,7 +307,7 @@ def _add_products(acc, d, x, chunk, rows, tmp):
         xt = np.ascontiguousarray(x[:, lo:hi]).T
         for o0 in range(0, O, rows):
             o1 = min(O, o0 + rows)
-            np.dot(np.ascontiguousarray(d[o0:o1, lo:hi]), xt, tmp[: o1 - o0])
+            np.dot(_piece(d, o0, o1, lo, hi), xt, tmp[: o1 - o0])
             acc[o0:o1] += tmp[: o1 - o0]
 
 

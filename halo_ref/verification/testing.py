@@ -112,7 +112,7 @@ def check_gradients(
 def check_layer_gradients(layer, x, *, rng=None, eps=1e-6, rtol=1e-7, atol=1e-12):
     """Finite-difference check of a float64 layer's dx and every parameter gradient.
 
-    layer: a `halo_ref.module.Module` with forward/backward; x: its float64 input.
+    layer: a `halo_ref.nn.module.Module` with forward/backward; x: its float64 input.
     Uses the loss sum(cotangent * layer.forward(x)) with a random cotangent.
     Returns the relative error per name ("x" and each parameter name).
     """

@@ -1,4 +1,5 @@
-"""Verify another implementation of halo attention against the golden vectors (`halo_ref.vectors`).
+"""Verify another implementation of halo attention against the golden vectors
+(`halo_ref.verification.vectors`).
 
 An *adapter* connects the other implementation: a function
 
@@ -310,7 +311,8 @@ def verify(
 
     adapter: an `Adapter`, or a bare function run(config, x, weights, dout) -> (out, dx, grads)
     (then every configuration is assumed supported);
-    vectors: e.g. `halo_ref.vectors.load_vectors(folder)`; default: generated in memory, seed 0;
+    vectors: e.g. `halo_ref.verification.vectors.load_vectors(folder)`; default: generated in
+    memory, seed 0;
     dtypes: which copies to run when generating; rtol: override the manifest's tolerances.
     """
     if not isinstance(adapter, Adapter):

@@ -1,8 +1,9 @@
 """Datasets for training: the bundled UCI digits, CIFAR-10, and the user's own `.npz` files.
 
-Every loader returns a `Dataset`: uint8 images (N, H, W, C) and integer labels (N,) for a train
-and a test split. Turning images into normalised float batches, and augmenting them, is the job
-of `halo_ref.data.augment`; keeping the raw uint8 images here keeps datasets small in memory.
+Every loader returns a `Dataset` (`halo_ref.training.data.dataset`): uint8 images (N, H, W, C)
+and integer labels (N,) for a train and a test split. Turning images into normalised float
+batches, and augmenting them, is the job of `halo_ref.training.data.augment`; keeping the raw
+uint8 images here keeps datasets small in memory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ DATASETS_HELP = "digits (bundled, no network), cifar10, or npz:PATH"
 def load_digits() -> Dataset:
     """The bundled UCI optical handwritten digits: 1,438 train and 359 test 8x8 images, 10 classes.
 
-    Pixel values are the original counts 0..16 (see halo_ref/data/README.md for the source,
+    Pixel values are the original counts 0..16 (see halo_ref/training/data/README.md for the source,
     licence and how the fixed, stratified split was made).
     """
     ref = resources.files("halo_ref.training.data").joinpath("digits.npz")
