@@ -33,12 +33,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 
 class GradientCheckError(AssertionError):
     """A hand-written gradient disagrees with finite differences."""
+
+
+class Directional(NamedTuple):
+    """One array's directional derivative of a loss, two ways (see `directional_errors`)."""
+
+    numeric: float  # the central difference quotient
+    analytic: float  # sum(grad * u)
+    scale: float  # sum(|grad * u|)
+    noise: float  # the round-off floor of `numeric`
 
 
 def directional_errors(
@@ -48,8 +58,8 @@ def directional_errors(
     *,
     rng: np.random.Generator,
     eps: float = 1e-6,
-) -> dict[str, tuple[float, float]]:
-    """(numeric, analytic, scale, noise) directional derivatives of `loss` for each named array.
+) -> dict[str, Directional]:
+    """The directional derivatives of `loss`, numeric and analytic, for each named array.
 
     scale = sum(|grad * u|), the size of the analytic derivative before cancellation;
     noise = the round-off floor of `numeric`, 64 ulp(L) / (2 eps).
@@ -72,7 +82,7 @@ def directional_errors(
         scale = float(np.sum(np.abs(grads[name] * u)))
         # round-off of the difference quotient: a few ulps of |L| divided by 2*eps
         noise = 64 * np.finfo(np.float64).eps * max(abs(plus), abs(minus)) / (2 * eps)
-        result[name] = (numeric, analytic, scale, noise)
+        result[name] = Directional(numeric, analytic, scale, noise)
     return result
 
 
