@@ -28,7 +28,7 @@ Two ways to cut a task's work into tiles (both exact, chosen by `_strips`; one l
   the padded scratch, and the tile is (win*win, queries of the block);
 - strips: one block row at a time; every query of the row against every key of the strip of
   win padded rows that holds the row's windows (a contiguous slice of the scratch, no copy),
-  keys outside a query's own window set to -inf by the width table. More multiply-adds (the
+  keys outside a query's own window set to -inf by the column table. More multiply-adds (the
   strip is (W + 2 halo) / win times the window) but a few large products per row instead of
   several small ones per block, long lanes (a whole row of queries) for small blocks, and no
   window copies: faster when query blocks are small (strided layers: 2x2) or few per row.

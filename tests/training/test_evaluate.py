@@ -1,0 +1,30 @@
+"""halo_ref.training.evaluate: the batcher's input and the evaluation's loss and accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import StandIn
+
+from halo_ref.training.evaluate import Batcher, evaluate
+
+
+def test_batcher_normalises_per_channel_and_pads_to_the_models_multiple():
+    images = np.zeros((2, 5, 6, 3), np.uint8)
+    images[..., 1] = 10
+    batch = Batcher(mean=[0, 10, 0], std=[1, 1, 2], multiple=4, dtype=np.float32)(images)
+    assert batch.shape == (2, 3, 8, 8) and batch.dtype == np.float32
+    assert np.count_nonzero(batch) == 0  # every channel at its mean, padding zero
+
+
+def test_evaluate_averages_over_every_image_in_eval_mode():
+    model = StandIn(3 * 4 * 4, 3, dtype=np.float64, rng=0)
+    images = np.random.default_rng(0).integers(0, 255, (7, 4, 4, 3)).astype(np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0])
+    batcher = Batcher([100.0] * 3, [50.0] * 3, 1, np.float64)
+    seen = []
+    forward = model.forward
+    model.forward = lambda x: seen.append((len(x), model.training)) or forward(x)
+    loss, acc = evaluate(model, batcher, images, labels, batch_size=3)
+    assert seen == [(3, False), (3, False), (1, False)] and model.training
+    logits = forward(batcher(images))
+    assert acc == np.mean(logits.argmax(axis=1) == labels)
