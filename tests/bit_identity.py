@@ -67,8 +67,8 @@ DTYPES = (np.float32, np.float64)
 
 
 # -- the only part that depends on halo_ref's layout ---------------------------------------------
-# (written for the layout before issue 15 with attention_numba.FAMILY and layers.numpy_kernels;
-# now the same choices through halo_ref.backend)
+# (recorded with the layout before issue 15, through attention_numba.FAMILY and
+# layers.numpy_kernels(); now the same choices through halo_ref.backend)
 def _layer(dim, dim_out, kwargs, dtype, backend):
     """A seeded HaloAttention on `backend` ("numpy", "numba-blocks" or "numba-strips")."""
     from halo_ref import HaloAttention
@@ -77,10 +77,6 @@ def _layer(dim, dim_out, kwargs, dtype, backend):
     name, _, family = backend.partition("-")
     chosen = NUMPY if name == "numpy" else Backend("numba", family=family)
     return HaloAttention(dim, dim_out, **kwargs, dtype=dtype, rng=7, backend=chosen)
-
-
-def _family_done():
-    pass
 
 
 def _numpy_formulas():
@@ -116,7 +112,6 @@ def layer_results():
                 out = layer.forward(x)
                 dout = rng.standard_normal(out.shape).astype(dtype)
                 dx = layer.backward(dout)
-                _family_done()
                 prefix = f"layer/{name}/{np.dtype(dtype).name}/{backend}/"
                 yield prefix + "out", out
                 yield prefix + "dx", dx
