@@ -1,9 +1,11 @@
-"""Shared test set-up: hypothesis profiles, and a skip-or-fail rule for the PyTorch checks."""
+"""Shared test set-up: hypothesis profiles, and a skip-or-fail rule for the optional packages
+(PyTorch, timm, the outside implementations, safetensors and Pillow)."""
 
 from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import os
 import threading
 
@@ -26,7 +28,8 @@ settings.load_profile(
 
 
 def _skip_or_fail(reason: str):
-    """Skip with a reason, or fail where HALO_REF_REQUIRE_TORCH is set (CI must run these)."""
+    """Skip with a reason, or fail where HALO_REF_REQUIRE_TORCH is set: CI (.ci/run) installs
+    every optional package the tests use, so none of these tests may skip there."""
     if os.environ.get("HALO_REF_REQUIRE_TORCH"):
         pytest.fail(f"{reason}, but HALO_REF_REQUIRE_TORCH is set", pytrace=False)
     pytest.skip(reason)
@@ -51,6 +54,47 @@ def timm_halo_attn(torch):
         return load_timm_halo_attn()
     except ImportError as exc:
         _skip_or_fail(str(exc))
+
+
+def _require(packages, extra: str):
+    """Skip (or fail, see `_skip_or_fail`) unless every (module, pip name) is importable."""
+    missing = [pip for module, pip in packages if importlib.util.find_spec(module) is None]
+    if missing:
+        _skip_or_fail(f"{', '.join(missing)} not installed: pip install -e '.[{extra}]'")
+
+
+@pytest.fixture(scope="session")
+def timm(torch):
+    """The whole timm package (`timm.create_model`), imported with the torchvision stand-in of
+    tests/torchvision_stub.py (torchvision's wheel cannot load against the CPU PyTorch), or
+    skip."""
+    if importlib.util.find_spec("timm") is None:
+        _skip_or_fail("timm is not installed: pip install --no-deps timm==1.0.31")
+    from torchvision_stub import import_timm
+
+    return import_timm()
+
+
+@pytest.fixture(scope="session")
+def outside_packages(torch):
+    """halonet-pytorch (and its einops) and kecam (and its h5py, ftfy, regex), or skip."""
+    _require(
+        [
+            ("halonet_pytorch", "halonet-pytorch"),
+            ("einops", "einops"),
+            ("keras_cv_attention_models", "kecam"),
+            ("h5py", "h5py"),
+            ("ftfy", "ftfy"),
+            ("regex", "regex"),
+        ],
+        "outside",
+    )
+
+
+@pytest.fixture(scope="session")
+def io_packages():
+    """safetensors and Pillow (golden vectors as .safetensors, images for `predict`), or skip."""
+    _require([("safetensors", "safetensors"), ("PIL", "pillow")], "io")
 
 
 @pytest.fixture(scope="session")
