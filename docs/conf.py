@@ -58,6 +58,47 @@ autodoc_default_options = {"members": True, "ignore-module-all": True}
 if importlib.util.find_spec("torch") is None:
     autodoc_mock_imports = ["torch"]
 
+# Maths renders offline: MathJax 3 is served from this site's own _static folder (the files come
+# from the PyPI package sphinx-mathjax-offline, pinned in the "docs" extra), never from a CDN.
+# The SVG output draws glyphs as paths, so no web fonts are needed either.
+_MATHJAX = importlib.util.find_spec("sphinx-mathjax-offline")
+if _MATHJAX is None:
+    raise RuntimeError('MathJax files missing: pip install -e ".[docs]" (sphinx-mathjax-offline)')
+html_static_path = [str(Path(_MATHJAX.origin).parent / "static")]  # copied as _static/mathjax/
+mathjax_path = "mathjax/tex-svg.js"
+
+
+def _offline_animation_player():
+    """matplotlib's JavaScript animation player (what sphinx-gallery embeds for an animation)
+    draws its buttons with Font Awesome icons from a CDN stylesheet: offline they are blank.
+    Drop the link and put plain Unicode symbols in the buttons instead."""
+    import matplotlib.animation as animation
+
+    icons = {
+        '<i class="fa fa-minus"></i>': "&minus;",
+        '<i class="fa fa-fast-backward"></i>': "|&#9664;&#9664;",
+        '<i class="fa fa-step-backward"></i>': "|&#9664;",
+        '<i class="fa fa-play fa-flip-horizontal"></i>': "&#9664;",
+        '<i class="fa fa-pause"></i>': "&#10074;&#10074;",
+        '<i class="fa fa-play"></i>': "&#9654;",
+        '<i class="fa fa-step-forward"></i>': "&#9654;|",
+        '<i class="fa fa-fast-forward"></i>': "&#9654;&#9654;|",
+        '<i class="fa fa-plus"></i>': "+",
+    }
+    template = animation.DISPLAY_TEMPLATE
+    for icon, text in icons.items():
+        if icon not in template:
+            raise RuntimeError(f"matplotlib's animation player changed: {icon} not found")
+        template = template.replace(icon, text)
+    animation.DISPLAY_TEMPLATE = template
+    animation.JS_INCLUDE = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*">', "",
+                                  animation.JS_INCLUDE)  # fmt: skip
+    if "http" in animation.JS_INCLUDE:
+        raise RuntimeError("matplotlib's animation player still loads a file from the web")
+
+
+_offline_animation_player()
+
 html_theme = "furo"
 html_title = f"halo_ref {release}"
 html_theme_options = {"navigation_with_keys": True}
@@ -78,6 +119,13 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "image_scrapers": ("matplotlib",),
     "reset_modules": ("matplotlib",),
+    # a 2x copy of every figure for sharp screens (figures are saved at 100 dpi, <= 7 in wide)
+    "image_srcset": ["2x"],
+    # only what a cell prints is shown: no `Text(...)` or `[<Line2D ...>]` left by its last line
+    "capture_repr": (),
+    # FuncAnimation objects become a player (JavaScript and embedded frames, no ffmpeg needed)
+    "matplotlib_animations": (True, "jshtml"),
+    "thumbnail_size": (400, 280),
 }
 
 # Pages written alongside other issues; left out of the toctree (instead of a broken link) until

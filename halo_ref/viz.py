@@ -25,12 +25,88 @@ BLOCK_COLOUR = "#ffb000"
 WINDOW_COLOUR = "#00c2ff"
 QUERY_COLOUR = "#ff2d55"
 
+# Okabe and Ito's palette, told apart with every common colour-vision deficiency: the line colours
+# of every plot (with a different marker per line as well, for greyscale printing)
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+# Figures are drawn at most 7 in wide and saved at 100 dpi (plus a 2x copy for sharp screens), so
+# on a page column of about 700 px they are shown at their own size and 11-pt text stays 15 px.
+FIGURE_STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "figure.titlesize": 12,
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "image.interpolation": "nearest",  # a pixel is a pixel: no smoothing across block edges
+    "lines.linewidth": 1.8,
+    # constrained layout's default 3-px margin lets the tops of titles touch the image edge
+    "figure.constrained_layout.h_pad": 0.1,
+    "figure.constrained_layout.w_pad": 0.06,
+}
+
 
 def _plt():
     """pyplot, imported lazily so that `import halo_ref` never imports matplotlib."""
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def use_figure_style():
+    """Apply `FIGURE_STYLE` and the colour-blind-safe `PALETTE` to matplotlib's defaults.
+
+    The tutorials call it first, so their figures look the same run as scripts, in the tests and
+    on the documentation site.
+    """
+    import matplotlib as mpl
+    from cycler import cycler
+
+    mpl.rcParams.update(FIGURE_STYLE)
+    mpl.rcParams["axes.prop_cycle"] = cycler(color=PALETTE)
+
+
+def show_figures(argv=None, animations=()):
+    """End a tutorial: show its figures, or save them with `--save DIR`.
+
+    argv: the command-line arguments (default `sys.argv[1:]`). With `--save DIR` every open figure
+    is written as DIR/figure_NN.png (the folder must exist) and each of `animations`
+    (matplotlib `FuncAnimation`s) as DIR/animation_K.gif; otherwise `plt.show()` opens a window
+    per figure on a desktop backend, animations playing. On a headless backend (Agg: tests, the
+    documentation build, a server) nothing is shown, and a script run prints how to save the
+    figures instead. Returns the paths written.
+    """
+    import sys
+
+    import matplotlib as mpl
+
+    plt = _plt()
+    args = list(sys.argv[1:] if argv is None else argv)
+    nums = plt.get_fignums()
+    if "--save" in args:
+        i = args.index("--save")
+        if i + 1 >= len(args):
+            raise HaloRefError("--save needs a folder: --save DIR")
+        folder = args[i + 1]
+        paths = [os.path.join(folder, f"figure_{n:02d}.png") for n in nums]
+        for n, path in zip(nums, paths, strict=True):
+            save_figure(plt.figure(n), path, dpi=200)
+        for k, anim in enumerate(animations):
+            gif = os.path.join(folder, f"animation_{k}.gif")
+            anim.save(gif, writer="pillow", dpi=100)  # Pillow ships with matplotlib
+            paths.append(gif)
+        print(f"saved {len(paths)} file(s) into {folder}")
+        return paths
+    if mpl.get_backend().lower() == "agg":
+        if nums:  # the documentation build has closed them all by now: silent there
+            print(f"{len(nums)} figure(s) drawn; no display here: add --save DIR to write them")
+        return []
+    plt.show()
+    return []
 
 
 def _axes(ax, figsize=(4.5, 4.5)):
@@ -160,7 +236,7 @@ def draw_blocks(image, block_size, halo_size, *, block=None, ax=None, title=None
         title = f"{H}x{W} image, blocks b={b}, halo h={h}"
         if block is not None:
             title += f"\nblock {tuple(block)} (orange), window {b + 2 * h}x{b + 2 * h} (blue)"
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
     return ax
 
 
@@ -185,7 +261,7 @@ def draw_neighbourhood(image, keep, query, *, ax=None, title=None):
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
     return ax
 
 
@@ -202,41 +278,55 @@ def draw_mask(mask, *, ax=None, title=None, block_lines=None, xlabel="key", ylab
     if block_lines is not None:
         rstep, cstep = block_lines
         for r in range(rstep, allowed.shape[0], rstep):
-            ax.axhline(r - 0.5, color="white", lw=0.4, alpha=0.5)
+            ax.axhline(r - 0.5, color=WINDOW_COLOUR, lw=1.2)
         for c in range(cstep, allowed.shape[1], cstep):
-            ax.axvline(c - 0.5, color="white", lw=0.4, alpha=0.5)
+            ax.axvline(c - 0.5, color=WINDOW_COLOUR, lw=1.2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     frac = allowed.mean()
-    ax.set_title(title or f"attention mask ({100 * frac:.1f}% of pairs allowed)", fontsize=10)
+    ax.set_title(title or f"attention mask ({100 * frac:.1f}% of pairs allowed)")
     return ax
 
 
 def draw_position_bias(
-    bias, block_size, halo_size, query, *, ax=None, title=None, cmap="RdBu_r", symmetric=True
+    bias,
+    block_size,
+    halo_size,
+    query,
+    *,
+    ax=None,
+    title=None,
+    cmap="RdBu_r",
+    symmetric=True,
+    vmin=None,
+    vmax=None,
+    colorbar=True,
 ):
     """Heat map of the relative-position logits of one query over its window.
 
     bias: (win, win) or (win*win,), win = block_size + 2*halo_size; query: (row, column) of the
-    query inside its block. The query block is outlined and the query starred. symmetric: a
-    colour scale centred on zero (for a diverging `cmap`); False spans min..max.
+    query inside its block. The query block is outlined and the query starred (black with a
+    white rim: visible on every colour of a diverging map). symmetric: a colour scale centred on
+    zero (for a diverging `cmap`); False spans min..max. vmin, vmax: a fixed scale instead, to
+    share one scale between panels that are compared. Returns the axes; the image is
+    `ax.images[-1]` (for a colour bar shared by several panels, with `colorbar=False`).
     """
     b, h = int(block_size), int(halo_size)
     win = b + 2 * h
     bias = np.asarray(bias, dtype=np.float64).reshape(win, win)
     ax = _axes(ax)
-    if symmetric:
+    if vmin is None and vmax is None and symmetric:
         lim = float(np.max(np.abs(bias))) or 1.0
-        im = ax.imshow(bias, cmap=cmap, vmin=-lim, vmax=lim)
-    else:
-        im = ax.imshow(bias, cmap=cmap)
-    ax.figure.colorbar(im, ax=ax, shrink=0.8, label="position logit")
+        vmin, vmax = -lim, lim
+    im = ax.imshow(bias, cmap=cmap, vmin=vmin, vmax=vmax)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, shrink=0.8, label="position logit")
     Rect = _plt().Rectangle
-    ax.add_patch(Rect((h - 0.5, h - 0.5), b, b, fill=False, ec=BLOCK_COLOUR, lw=2))
-    ax.plot(h + query[1], h + query[0], "*", ms=13, color=QUERY_COLOUR, mec="white", mew=0.8)
+    ax.add_patch(Rect((h - 0.5, h - 0.5), b, b, fill=False, ec=BLOCK_COLOUR, lw=2.5))
+    ax.plot(h + query[1], h + query[0], "*", ms=15, color="black", mec="white", mew=1.2)
     ax.set_xlabel("key column in window")
     ax.set_ylabel("key row in window")
-    ax.set_title(title or f"position bias of query {tuple(query)}", fontsize=10)
+    ax.set_title(title or f"position bias of query {tuple(query)}")
     return ax
 
 
@@ -262,7 +352,7 @@ def draw_attention(image, weights, query, *, ax=None, title=None, cmap="Blues", 
     ax.plot(query[1], query[0], "*", ms=13, color=QUERY_COLOUR, mec="white", mew=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or f"attention of query {tuple(query)}", fontsize=10)
+    ax.set_title(title or f"attention of query {tuple(query)}")
     return ax
 
 
@@ -292,7 +382,7 @@ def draw_receptive_field(image, influence, output_pixel, *, ax=None, title=None,
     ax.plot(output_pixel[1], output_pixel[0], "*", ms=13, color=QUERY_COLOUR, mec="white", mew=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or "receptive field", fontsize=10)
+    ax.set_title(title or "receptive field")
     return ax
 
 

@@ -177,3 +177,31 @@ def test_save_figure_is_atomic(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.png"]  # no temporary file left behind
     with pytest.raises(HaloRefError, match="does not exist"):
         viz.save_figure(fig, tmp_path / "missing" / "out.png")
+
+
+def test_show_figures_saves_every_figure_and_animation(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    plt.close("all")
+    fig, ax = plt.subplots()
+    (line,) = ax.plot([0, 1], [0, 1])
+    anim = FuncAnimation(fig, lambda i: [line], frames=2)
+    plt.subplots()
+    paths = viz.show_figures(["--save", str(tmp_path)], animations=[anim])
+    plt.close("all")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["animation_0.gif", "figure_01.png", "figure_02.png"]
+    assert len(paths) == 3
+    with pytest.raises(HaloRefError, match="--save needs a folder"):
+        viz.show_figures(["--save"])
+
+
+def test_figure_style_sets_fonts_and_a_colour_blind_safe_cycle():
+    import matplotlib as mpl
+
+    with mpl.rc_context():
+        viz.use_figure_style()
+        assert mpl.rcParams["font.size"] == 11
+        colours = [c["color"] for c in mpl.rcParams["axes.prop_cycle"]]
+        assert tuple(colours) == viz.PALETTE

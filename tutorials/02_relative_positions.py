@@ -14,6 +14,11 @@ learned table for row offsets and one for column offsets, each with ``2 win - 1`
 where ``(q_y, q_x)`` is the query's position in its block and ``(k_y, k_x)`` the key's position
 in the window. This tutorial builds the index arithmetic, draws the bias of one query over its
 window, and checks :func:`halo_ref.attention.relpos.relpos_forward` against the formula.
+
+*Prerequisites:* :doc:`01_blocks_and_halos` (blocks, windows, the ``(N, b^2, C)`` and
+``(N, (b+2h)^2, C)`` layouts). The :doc:`../shapes` page gives every parameter's shape; the
+:doc:`../derivations` page derives the backward pass of these logits, which
+:doc:`04_backward_passes` checks.
 """
 
 # %%
@@ -24,9 +29,10 @@ import numpy as np
 
 from halo_ref import HaloAttention
 from halo_ref.attention.relpos import relative_indices, relpos_forward
-from halo_ref.viz import draw_position_bias
+from halo_ref.viz import draw_position_bias, show_figures, use_figure_style
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
+use_figure_style()
 
 # %%
 # The index arithmetic
@@ -63,12 +69,21 @@ table = (-(offsets**2) / 4.0)[:, None]  # 2*win-1, d=1
 q = np.ones((b * b, 1))  # every query of the block, d = 1
 bias, _ = relpos_forward(q, table, table, b)  # b*b, win*win
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
-for ax, (qy, qx) in zip(axes, [(0, 0), (1, 2), (3, 3)], strict=True):
-    draw_position_bias(bias[qy * b + qx], b, h, (qy, qx), ax=ax, cmap="viridis", symmetric=False)
-fig.suptitle("Position logit -|offset|^2/4 over the window: the bump follows the query (star)")
+shown = [(0, 0), (1, 2), (2, 1), (3, 3)]
+lo, hi = bias.min(), bias.max()  # one colour scale for all four panels, so they compare
+fig, axes = plt.subplots(2, 2, figsize=(6.6, 6.4), layout="constrained")
+for ax, (qy, qx) in zip(axes.flat, shown, strict=True):
+    draw_position_bias(
+        bias[qy * b + qx], b, h, (qy, qx), ax=ax, cmap="viridis", vmin=lo, vmax=hi, colorbar=False
+    )
+for ax in axes[0]:
+    ax.set_xlabel("")
+for ax in axes[:, 1]:
+    ax.set_ylabel("")
+fig.colorbar(axes[0, 0].images[-1], ax=axes, shrink=0.7, label="position logit")
+fig.suptitle("Logit -(offset)^2/4 over the window: the bump follows the query")
 # the peak of each map is exactly at its query: an exact integer-valued check, no tolerance
-for qy, qx in [(0, 0), (1, 2), (3, 3)]:
+for qy, qx in shown:
     peak = np.unravel_index(np.argmax(bias[qy * b + qx]), (win, win))
     assert peak == (qy + h, qx + h), peak
 
@@ -102,12 +117,24 @@ assert err < 1e-12
 # ---------------------------------------
 # A real layer starts from random tables (truncated normal with std ``d**-0.5``), so its bias is
 # noise, but it is already *factorized noise*: each map is a row profile plus a column profile,
-# which shows as stripes. Training shapes these profiles (see tutorial 7).
+# which shows as stripes. Both panels share one colour scale, centred on zero. Training shapes
+# these profiles: :doc:`07_train_tiny_halonet` draws the tables of a HaloNet trained on
+# CIFAR-10 against their initial values.
 layer = HaloAttention(16, 16, num_heads=2, block_size=b, halo_size=h, dtype=np.float64, rng=1)
 rel_h, rel_w = layer.params["pos_embed.height_rel"], layer.params["pos_embed.width_rel"]
 q_layer = rng.standard_normal((b * b, layer.dim_head_qk))
 bias_layer, _ = relpos_forward(q_layer, rel_h, rel_w, b)
-fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.8), layout="constrained")
+lim = np.abs(bias_layer).max()
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.6), layout="constrained")
 for ax, (qy, qx) in zip(axes, [(0, 0), (2, 1)], strict=True):
-    draw_position_bias(bias_layer[qy * b + qx], b, h, (qy, qx), ax=ax)
+    draw_position_bias(
+        bias_layer[qy * b + qx], b, h, (qy, qx), ax=ax, vmin=-lim, vmax=lim, colorbar=False
+    )
+axes[1].set_ylabel("")
+fig.colorbar(axes[0].images[-1], ax=axes, shrink=0.8, label="position logit")
 fig.suptitle("Random initial tables: a row profile plus a column profile")
+
+# %%
+show_figures()
+
+# sphinx_gallery_thumbnail_number = 1

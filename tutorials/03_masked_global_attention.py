@@ -8,6 +8,10 @@ outside the query's halo window, and the softmax gives exactly halo attention. h
 that formulation as an independent oracle, :mod:`halo_ref.attention.dense`, which knows nothing about
 gathering windows. This tutorial draws the mask, shows the equality numerically, and compares
 the two ways of treating the image border.
+
+*Prerequisites:* :doc:`01_blocks_and_halos` and :doc:`02_relative_positions`. The
+:doc:`../derivations` page states the oracle's mask exactly (section "Why masked global
+attention is the same function"); :doc:`06_speed` times the two forms.
 """
 
 # %%
@@ -22,9 +26,10 @@ from halo_ref.attention.dense import (
     halo_attention_loops,
     halo_neighbourhood,
 )
-from halo_ref.viz import draw_mask, scene_image
+from halo_ref.viz import draw_mask, scene_image, show_figures, use_figure_style
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
+use_figure_style()
 
 # %%
 # The mask
@@ -32,39 +37,46 @@ QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
 # :func:`~halo_ref.attention.dense.halo_neighbourhood` returns an additive mask of shape
 # ``(H W, (H + 2h)(W + 2h))``: queries are the pixels of the map in row-major order, keys the
 # pixels of the map zero-padded by ``h``. Entry ``(i, j)`` is 0 when key ``j`` lies in the window
-# of query ``i``'s block, ``-inf`` otherwise. We use a small ``8 x 8`` map with ``b = 4``,
-# ``h = 1`` so every pair is visible.
-H = W = 8
+# of query ``i``'s block, ``-inf`` otherwise. With ``border="mask"`` a key must also lie inside
+# the image (not on the padding ring) to be kept. We use a ``12 x 12`` map with ``b = 4``,
+# ``h = 1``: nine blocks, 144 queries against the 196 keys of the padded ``14 x 14`` map.
+H = W = 12
 b, h = 4, 1
 mask, idx_h, idx_w = halo_neighbourhood(H, W, b, h)
 mask_inside, _, _ = halo_neighbourhood(H, W, b, h, border="mask")
 print("mask:", mask.shape, f"- {np.isfinite(mask).mean():.1%} of the pairs are kept")
 
 # %%
-# In row-major order a block's queries are scattered over ``b`` separate runs of rows, so the
-# mask looks like a staircase of bands. Sorting the queries *by block* (what
-# :func:`~halo_ref.attention.blocking.blocks_from_map` does) makes each block one run of ``b*b`` rows that
-# share one set of columns: halo attention is a *block-sparse* global attention, and only the
-# kept blocks need computing.
+# In row-major (image) order a block's queries are not together: each image row switches to
+# the next block every ``b`` pixels, so the rows of the mask interleave the three blocks of a
+# block row (top left panel: stripes). Sorting the queries *by block* (what
+# :func:`~halo_ref.attention.blocking.blocks_from_map` does) makes each block one run of
+# ``b^2 = 16`` rows with identical masks (top right; the blue lines mark the runs, and every
+# ``W + 2h = 14`` keys, the rows of the padded map). Those rows keep ``(b+2h)^2 = 36`` keys, but
+# in the padded map's row-major order the 36 keys are not one run of columns: they are
+# ``b + 2h = 6`` separate runs of 6, one per window row. From block to block the runs move right
+# by ``b`` keys (next block column) or down by ``b`` padded rows (next block row): a staircase.
+# Halo attention is a *block-sparse* global attention, and only the kept pairs need computing.
+# With ``border="mask"`` (bottom) the keys on the padding ring leave every window: border
+# blocks keep fewer keys.
 qy, qx = np.divmod(np.arange(H * W), W)
 by_block = np.lexsort((qx % b, qy % b, qx // b, qy // b))  # sort by block row, column, then pixel
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
-draw_mask(mask, ax=axes[0], title="queries in image order (border='zeros')")
-draw_mask(
-    mask[by_block],
-    ax=axes[1],
-    block_lines=(b * b, W + 2 * h),
-    title="queries sorted by block (border='zeros')",
-)
-draw_mask(
-    mask_inside[by_block],
-    ax=axes[2],
-    block_lines=(b * b, W + 2 * h),
-    title="sorted, border='mask': padding removed",
-)
-for ax in axes:
-    ax.set_xlabel(f"key (padded {H + 2 * h}x{W + 2 * h} map, row-major)")
-fig.suptitle("Halo attention as a mask on global attention (bright = attended)")
+lines = (b * b, W + 2 * h)
+fig, axes = plt.subplots(2, 2, figsize=(7, 6.4), layout="constrained")
+draw_mask(mask, ax=axes[0, 0], title="image order, border='zeros'")
+draw_mask(mask[by_block], ax=axes[0, 1], block_lines=lines, title="by block, border='zeros'")
+draw_mask(mask_inside[by_block], ax=axes[1, 0], block_lines=lines, title="by block, border='mask'")
+# one block's run of rows, enlarged: block 4 (the centre) keeps 6 runs of 6 keys
+centre = by_block[4 * b * b : 5 * b * b]
+draw_mask(mask[centre], ax=axes[1, 1], block_lines=(b * b, W + 2 * h), title="block 4 alone")
+axes[1, 1].set_yticks([0, 5, 10, 15])
+for ax in axes.flat:
+    ax.set_xlabel(f"key ({H + 2 * h}x{W + 2 * h} padded map)")
+    ax.set_ylabel("query")
+fig.suptitle("Halo attention as a mask on global attention (bright = kept)")
+runs = np.flatnonzero(np.diff(np.isfinite(mask[centre[0]]).astype(int)) == 1)
+print(f"block 4 keeps {np.isfinite(mask[centre[0]]).sum()} keys in {len(runs)} runs")
+assert len(runs) == b + 2 * h
 
 # %%
 # The equality, numerically
@@ -124,18 +136,23 @@ print(f"max |zeros - mask| inside interior blocks: {diff[interior].max():.1e}")
 print(f"max |zeros - mask| in border blocks:        {diff[~interior].max():.2f}")
 assert diff[interior].max() == 0.0  # identical arithmetic on identical windows: exactly equal
 
-fig, axes = plt.subplots(1, 4, figsize=(14, 3.8), layout="constrained")
-axes[0].imshow(image)
-axes[0].set_title("input (values = colours)")
-axes[1].imshow(np.clip(out_zeros[0].transpose(1, 2, 0), 0, 1))
-axes[1].set_title("border='zeros' (timm): dark rim")
-axes[2].imshow(np.clip(out_mask[0].transpose(1, 2, 0), 0, 1))
-axes[2].set_title("border='mask': no rim")
-im = axes[3].imshow(diff, cmap="magma")
-fig.colorbar(im, ax=axes[3], shrink=0.8, label="max |difference| over channels")
-axes[3].set_title("where they differ: border blocks only")
-for ax in axes:
+fig, axes = plt.subplots(2, 2, figsize=(6.8, 6.6), layout="constrained")
+axes[0, 0].imshow(image)
+axes[0, 0].set_title("input (values = colours)")
+axes[0, 1].imshow(np.clip(out_zeros[0].transpose(1, 2, 0), 0, 1))
+axes[0, 1].set_title("border='zeros' (timm): dark rim")
+axes[1, 0].imshow(np.clip(out_mask[0].transpose(1, 2, 0), 0, 1))
+axes[1, 0].set_title("border='mask': no rim")
+im = axes[1, 1].imshow(diff, cmap="magma")
+fig.colorbar(im, ax=axes[1, 1], shrink=0.8, label="max |difference|")
+axes[1, 1].set_title("where they differ")
+for ax in axes.flat:
     ax.set_xticks(np.arange(0, S + 1, b2) - 0.5, [])
     ax.set_yticks(np.arange(0, S + 1, b2) - 0.5, [])
-    ax.grid(color="white", lw=0.4, alpha=0.5)
-fig.suptitle("Attention output with the colours as values: zero padding darkens the border")
+    ax.grid(color="white", lw=1.0, alpha=0.8)
+fig.suptitle("Colours as values: zero padding darkens the border blocks")
+
+# %%
+show_figures()
+
+# sphinx_gallery_thumbnail_number = 1

@@ -11,6 +11,10 @@ index, are on the *Derivations* page of the documentation.
 The recipe for every backward: the forward computes ``y = f(x)``; the backward receives
 ``dy = dL/dy`` for some scalar loss ``L`` and returns ``dx = dL/dx``, the chain rule written
 out: ``dx_i = sum_j dy_j * dy_j/dx_i``.
+
+*Prerequisites:* :doc:`01_blocks_and_halos` (why the gather's backward is a scatter-add),
+:doc:`02_relative_positions`, and the chain rule. Every formula used here is derived with all
+its indices on the :doc:`../derivations` page.
 """
 
 # %%
@@ -24,9 +28,11 @@ from halo_ref.attention.core import halo_attention_backward, halo_attention_forw
 from halo_ref.attention.relpos import relpos_backward, relpos_forward
 from halo_ref.nn.functional import softmax_backward, softmax_forward
 from halo_ref.verification.testing import GradientCheckError, check_gradients
+from halo_ref.viz import PALETTE, show_figures, use_figure_style
 
 QUICK = os.environ.get("HALO_REF_TUTORIAL_QUICK", "0") == "1"
 rng = np.random.default_rng(0)
+use_figure_style()
 
 # %%
 # How a gradient is checked
@@ -34,9 +40,12 @@ rng = np.random.default_rng(0)
 # For a random cotangent ``c`` the loss ``L(x) = sum(c * f(x))`` has gradient ``dx =
 # backward(c)``. Pick a random direction ``u``; the central difference
 # ``(L(x + eps u) - L(x - eps u)) / (2 eps)`` must equal ``sum(dx * u)``. With ``eps = 1e-6`` in
-# float64 both truncation and rounding errors are about ``1e-10`` relative, so the default
-# tolerance ``rtol = 1e-7`` is loose enough never to fail a correct gradient and tight enough to
-# catch any wrong one (those are off by order 1).
+# float64 the truncation error of the central difference is about ``eps^2 = 1e-12`` relative
+# (it is ``eps^2 / 6`` times the third derivative along ``u``), and the rounding error about
+# ``1e-16 / eps = 1e-10`` relative (the two losses are rounded to 16 digits, then their
+# difference is divided by ``eps``). So the default tolerance ``rtol = 1e-7`` is loose enough
+# never to fail a correct gradient and tight enough to catch any wrong one (those are off by
+# order 1).
 #
 # Softmax
 # -------
@@ -180,20 +189,23 @@ bad = rel_grads(relpos_backward_swapped)["height_rel"]
 # float64 central differences of a function that is linear in the table: error ~1e-9 relative
 assert np.max(np.abs(good - numeric)) < 1e-6 * np.max(np.abs(numeric))
 
-fig, axes = plt.subplots(1, 4, figsize=(13, 4), layout="constrained")
-lim = np.max(np.abs(numeric))
+fig, axes = plt.subplots(2, 2, figsize=(6.8, 6.6), layout="constrained")
+lim = np.max(np.abs(numeric))  # one colour scale for all four panels: they are compared
 panels = [
     (numeric, "finite differences"),
     (good, "hand-written (correct)"),
     (bad, "hand-written (planted bug)"),
     (bad - numeric, "bug minus finite differences"),
 ]
-for ax, (g, title) in zip(axes, panels, strict=True):
+for ax, (g, title) in zip(axes.flat, panels, strict=True):
     im = ax.imshow(g, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
+    ax.set_xticks(range(g.shape[1]))
+for ax in axes[1]:
     ax.set_xlabel("channel")
-axes[0].set_ylabel("table row (offset + win - 1)")
-fig.colorbar(im, ax=axes, shrink=0.8, label="dL / d height_rel")
+for ax in axes[:, 0]:
+    ax.set_ylabel("table row")
+fig.colorbar(im, ax=axes, shrink=0.7, label="dL / d height_rel")
 fig.suptitle("Gradient of the height table: the planted bug is visible entry by entry")
 
 # %%
@@ -215,13 +227,20 @@ finally:
 print("relative errors with the softmax bug:", {k: f"{v:.2g}" for k, v in buggy_errors.items()})
 assert min(buggy_errors.values()) > 1e-3
 
-fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
 pos = np.arange(len(names))
-ax.bar(pos - 0.2, [max(core_errors[n], 1e-17) for n in names], 0.4, label="correct backward")
-ax.bar(pos + 0.2, [buggy_errors[n] for n in names], 0.4, label="softmax bug", color="#d62728")
-ax.axhline(1e-7, color="k", ls="--", lw=1, label="tolerance rtol = 1e-7")
+ax.bar(pos - 0.2, [max(core_errors[n], 1e-17) for n in names], 0.4, label="correct backward",
+       color=PALETTE[0])  # fmt: skip
+ax.bar(pos + 0.2, [buggy_errors[n] for n in names], 0.4, label="softmax bug", color=PALETTE[3],
+       hatch="//", edgecolor="white")  # fmt: skip
+ax.axhline(1e-7, color="black", ls="--", lw=1.2, label="tolerance rtol = 1e-7")
 ax.set_yscale("log")
 ax.set_xticks(pos, names)
-ax.set_ylabel("relative error of the directional derivative")
-ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-ax.set_title("Gradient check of the attention core: correct versus planted bug", fontsize=10)
+ax.set_ylabel("relative error")
+ax.legend(loc="center left")
+ax.set_title("Gradient check of the attention core: correct versus planted bug")
+
+# %%
+show_figures()
+
+# sphinx_gallery_thumbnail_number = 1

@@ -152,12 +152,16 @@ show(report)
 #
 # ## Bug 4: k and v de-interleaved wrongly
 #
-# timm's `kv` projection interleaves the heads' keys and values: channels are
-# `[k_0 | v_0 | k_1 | v_1 | ...]`. A port that splits them as `[all k | all v]` uses the right
-# weights in the wrong places:
+# timm's `kv` projection holds, for each head in turn, a block of `d_qk` key channels and then a
+# block of `d_v` value channels: `[k_0 | v_0 | k_1 | v_1 | ...]` (see the *Shapes* page). A port
+# that splits the channels as `[all k | all v]` uses the right weights in the wrong places:
 #
 # ```python
-# k, v = kv[:, : heads * d_qk], kv[:, heads * d_qk :]     # BUG: split per head instead
+# # BUG: this takes the first heads*d_qk channels as keys, but they mix keys and values.
+# k, v = kv[:, : heads * d_qk], kv[:, heads * d_qk :]
+# # Correct: view the channels as (heads, d_qk + d_v), then split each head's block.
+# kv = kv.reshape(B, heads, d_qk + d_v, H, W)
+# k, v = kv[:, :, :d_qk], kv[:, :, d_qk:]
 # ```
 
 # %%
