@@ -2,10 +2,20 @@
 
 Every public entry point checks its arguments here, before any NumPy call can fail deep inside
 with an unhelpful traceback. Each message names the argument, what was wrong, and the fix.
+
+One message serves two readers. Called from Python, it names the keyword argument
+(`lr=inf`); under the `halo-ref` command line, which wraps its work in `flag_names()`, the
+same message names the flag (`--lr inf`). Messages name arguments through `arg`, never by
+spelling a flag out. A `Number` is a numeric argument's rule, checked with either naming
+(`Number.check`) and usable directly as an argparse `type=` (argparse names the flag).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import contextvars
+import math
 import os
 import zipfile
 
@@ -16,6 +26,87 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 class HaloRefError(ValueError):
     """Raised for bad input to halo_ref: the message names the argument and the fix."""
+
+
+class NonFiniteError(HaloRefError):
+    """An array that must be finite holds NaN or inf (a training run reads it as divergence)."""
+
+
+# -- naming an argument: the Python keyword, or the command line's flag -----------------------
+_FLAG_NAMES = contextvars.ContextVar("halo_ref_flag_names", default=False)
+_UNSET = object()
+
+
+@contextlib.contextmanager
+def flag_names():
+    """Inside this block `arg` names arguments as command-line flags (the CLI's `main` uses it)."""
+    token = _FLAG_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_NAMES.reset(token)
+
+
+def arg(name: str, value=_UNSET, *, flag: str | None = None) -> str:
+    """An argument as a message names it: `name` or `name=value!r` from Python, `--flag` or
+    `--flag value` under `flag_names()`. `flag` is the flag when it differs from `name`
+    (`evaluate_checkpoint(path)` is `--checkpoint`); otherwise it is `name` with dashes."""
+    if _FLAG_NAMES.get():
+        text = "--" + (flag or name).replace("_", "-")
+        return text if value is _UNSET or value is True else f"{text} {value}"
+    return name if value is _UNSET else f"{name}={value!r}"
+
+
+class Number:
+    """A numeric argument's rule: an int (integer=True) or a finite float, within bounds.
+
+    `ge`/`gt`: lower bound (inclusive/exclusive), `lt`: exclusive upper bound. `check(value,
+    name)` returns the value or raises HaloRefError naming `arg(name)`; calling the rule on a
+    string parses and checks it, raising argparse.ArgumentTypeError (an argparse `type=`).
+    """
+
+    def __init__(self, *, integer=False, ge=None, gt=None, lt=None) -> None:
+        self.integer, self.ge, self.gt, self.lt = integer, ge, gt, lt
+        bounds = [f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
+                  f"< {lt}" if lt is not None else ""]  # fmt: skip
+        kind = "an integer" if integer else "a finite number"
+        self.rule = " ".join([kind, " and ".join(b for b in bounds if b)]).strip()
+
+    def problem(self, value) -> str | None:
+        """What is wrong with `value` (a phrase), or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return f"must be {self.rule}"
+        if self.integer and not isinstance(value, (int, np.integer)):
+            return f"must be {self.rule}"
+        if not math.isfinite(value):
+            return f"must be {self.rule}"
+        low_ok = (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+        if not low_ok or (self.lt is not None and value >= self.lt):
+            return f"must be {self.rule}"
+        return None
+
+    def check(self, value, name: str, *, flag: str | None = None):
+        """`value` if it keeps the rule, else a HaloRefError naming the argument."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise HaloRefError(f"{arg(name, flag=flag)} {problem}, got {value!r}")
+        return value
+
+    def __call__(self, text: str):
+        """argparse `type=`: the parsed value of `text`, or an ArgumentTypeError."""
+        try:
+            value = int(text) if self.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {self.rule}, got {text!r}") from None
+        problem = self.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return value
+
+
+COUNT = Number(integer=True, ge=1)  # sizes and counts: epochs, batch size, threads
+SEED = Number(integer=True, ge=0)  # NumPy's generators take seeds >= 0
+POSITIVE = Number(gt=0)  # rates and ratios
 
 
 def float_dtype(dtype, name: str = "dtype") -> np.dtype:

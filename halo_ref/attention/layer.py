@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import (
+    POSITIVE,
     HaloRefError,
     check_choice,
     check_feature_map,
@@ -101,6 +102,11 @@ class HaloAttention(Module):
         halo_size = check_positive_int(halo_size, "halo_size", minimum=0)
         check_choice(stride, "stride", (1, 2))
         check_choice(border, "border", BORDERS)
+        if (problem := POSITIVE.problem(qk_ratio)) is not None:
+            raise HaloRefError(
+                f"{owner}: qk_ratio {problem}, got {qk_ratio!r}; it scales the query/key "
+                "width (1.0: as wide as the output)"
+            )
         if dim_out % num_heads:
             raise HaloRefError(
                 f"{owner}: dim_out={dim_out} is not divisible by num_heads={num_heads}; "

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .._checks import SEED
 from ..attention.dense import dense_halo_attention_forward, halo_attention_loops
 from ..attention.layer import HaloAttention
 from ..verification.testing import check_layer_gradients, relative_error
@@ -18,7 +19,7 @@ def register(sub) -> None:
         description="Builds a float64 HaloAttention layer, runs it on a random map, and prints its "
         "agreement with masked global attention and with a per-pixel loop, and a gradient check.",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.set_defaults(func=run)
 
 

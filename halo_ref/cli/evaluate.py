@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._checks import COUNT
 from ..training.data import DATASETS_HELP
 from ..training.evaluate import evaluate_checkpoint
 
@@ -16,8 +17,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint.npz or best.npz")
     p.add_argument("--dataset", help=f"{DATASETS_HELP} (default: the one it was trained on)")
     p.add_argument("--data-dir", help="where CIFAR-10 is (default ~/.cache/halo_ref)")
-    p.add_argument("--threads", type=int, help="threads for the Numba kernels (default: all)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--threads", type=COUNT, help="threads for the Numba kernels (default: all)")
+    p.add_argument("--batch-size", type=COUNT, default=256, help="images per batch (default 256)")
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..training.config import TrainConfig, resolve_config
+from ..models import NAMES as MODELS
+from ..training.config import DTYPES, OPTIMIZERS, RULES, TrainConfig, resolve_config
 from ..training.data import DATASETS_HELP
 from ..training.loop import train
 
@@ -20,36 +21,49 @@ def register(sub) -> None:
         "parameters as an uninterrupted run.",
     )
     p.add_argument("--dataset", default="digits", help=f"{DATASETS_HELP} (default digits)")
-    p.add_argument("--model", help="micro, tiny, h0..h7 (default: the dataset's recipe)")
-    p.add_argument("--epochs", type=int, help="number of epochs (default: recipe)")
-    p.add_argument("--batch-size", type=int, help="images per step (default: recipe)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: recipe)")
+    p.add_argument("--model", choices=MODELS, help="(default: the dataset's recipe)")
+    p.add_argument("--epochs", type=RULES["epochs"], help="number of epochs (default: recipe)")
     p.add_argument(
-        "--optimizer", choices=("adamw", "sgd", "nesterov"), default="adamw",
+        "--batch-size", type=RULES["batch_size"], help="images per step (default: recipe)"
+    )
+    p.add_argument("--lr", type=RULES["lr"], help="peak learning rate (default: recipe)")
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="adamw",
         help="adamw (default), sgd with momentum, or sgd with nesterov momentum",
     )  # fmt: skip
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="weight decay (default: recipe)")
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: recipe)")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing (default: recipe)")
     p.add_argument(
-        "--clip-grad", type=float, default=5.0, help="max global gradient norm, 0: off (default 5)"
+        "--momentum", type=RULES["momentum"], default=0.9, help="SGD momentum (default 0.9)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
+    p.add_argument(
+        "--weight-decay", type=RULES["weight_decay"], help="weight decay (default: recipe)"
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=RULES["warmup_epochs"],
+        help="linear warm-up length (default: recipe)",
+    )
+    p.add_argument(
+        "--label-smoothing", type=RULES["label_smoothing"], help="label smoothing (default: recipe)"
+    )
+    p.add_argument(
+        "--clip-grad", type=RULES["clip_grad"], default=5.0,
+        help="max global gradient norm, 0: off (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=RULES["seed"], default=0, help="seed of weights, order, augmentation"
+    )
     p.add_argument(
         "--threads",
-        type=int,
+        type=RULES["threads"],
         help="threads for the Numba kernels (default: all cores); BLAS runs single-threaded inside them",
     )
-    p.add_argument(
-        "--dtype", choices=("float32", "float64"), default="float32", help="default float32"
-    )
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="default float32")
     p.add_argument("--out", help="output folder (default runs/<dataset>)")
     p.add_argument("--data-dir", help="where CIFAR-10 is (default ~/.cache/halo_ref)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 if it is missing")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument(
-        "--checkpoint-every", type=int, default=0, metavar="STEPS",
+        "--checkpoint-every", type=RULES["checkpoint_every"], default=0, metavar="STEPS",
         help="also save every STEPS steps within an epoch (default: every 5 minutes)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

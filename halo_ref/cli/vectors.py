@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from .._checks import SEED
 from ..verification.vectors import MANIFEST, write_vectors
 
 
@@ -18,7 +19,7 @@ def register(sub) -> None:
         "docs/verification.md.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.set_defaults(func=run)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._checks import Number
 from ..verification.adapters import resolve_adapter
 from ..verification.vectors import DTYPES, generate_vectors, load_vectors
 from ..verification.verify import verify
@@ -36,7 +37,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--details",
-        type=int,
+        type=Number(integer=True, ge=0),
         default=3,
         metavar="N",
         help="show the worst entries of the first N failing vectors (default 3)",

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import HaloRefError
+
 
 def as_generator(rng) -> np.random.Generator:
     """Turn a seed, None or a Generator into a Generator."""
     if isinstance(rng, np.random.Generator):
         return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng < 0:
+        raise HaloRefError(f"rng={rng}: a seed must be an integer >= 0 (NumPy's generators)")
     return np.random.default_rng(rng)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numba
 
 from .._blas import set_blas_threads
-from .._checks import HaloRefError
+from .._checks import COUNT, POSITIVE, SEED, HaloRefError, Number, arg
+from ..models import NAMES as MODELS
 from .data import load_dataset
 
 # Recipes that work without tuning. Fields left as None in a TrainConfig are filled from here.
@@ -26,6 +27,19 @@ RECIPES = {
     "npz": dict(model="micro", epochs=20, batch_size=64, lr=2e-3, weight_decay=0.05,
                 warmup_epochs=1.0, label_smoothing=0.0),
 }  # fmt: skip
+
+# The rule of every numeric setting (None, "take the recipe's", is always allowed). The command
+# line parses its flags with the same rules (`halo_ref.cli.train`).
+RULES = {
+    "epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE, "momentum": Number(ge=0, lt=1),
+    "weight_decay": Number(ge=0), "warmup_epochs": Number(ge=0),
+    "label_smoothing": Number(ge=0, lt=1), "clip_grad": Number(ge=0),
+    "crop_pad": Number(integer=True, ge=0), "seed": SEED, "threads": COUNT,
+    "checkpoint_every": Number(integer=True, ge=0), "checkpoint_seconds": POSITIVE,
+    "eval_batch_size": COUNT,
+}  # fmt: skip
+OPTIMIZERS = ("adamw", "sgd", "nesterov")
+DTYPES = ("float32", "float64")
 
 # Settings that decide the arithmetic of a run: a resumed run must use the checkpoint's values.
 FIXED_ON_RESUME = (
@@ -66,8 +80,35 @@ class TrainConfig:
         return "npz" if self.dataset.startswith("npz:") else self.dataset
 
 
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Raise a one-line HaloRefError for the first bad setting (None fields are not checked:
+    the recipe fills them); returns `cfg`. Nothing is read or written."""
+    for name, rule in RULES.items():
+        if getattr(cfg, name) is not None:
+            rule.check(getattr(cfg, name), name)
+    choices = (("model", MODELS), ("optimizer", OPTIMIZERS), ("dtype", DTYPES))
+    for name, allowed in choices:
+        value = getattr(cfg, name)
+        if value is not None and value not in allowed:
+            raise HaloRefError(
+                f"{arg(name, value)} is not known; choose one of {', '.join(allowed)}"
+            )
+    if cfg.optimizer == "nesterov" and cfg.momentum == 0:
+        raise HaloRefError(
+            f"{arg('optimizer', 'nesterov')} needs {arg('momentum')} > 0; raise it or use "
+            f"{arg('optimizer', 'sgd')}"
+        )
+    for name in ("dataset", "out", "data_dir"):
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, (str, os.PathLike)) and str(value)):
+            raise HaloRefError(f"{arg(name, value)}: expected a non-empty path or name")
+    return cfg
+
+
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Fill None fields from the dataset's recipe and the output folder's default name."""
+    """Check the settings (`check_config`), then fill None fields from the dataset's recipe and
+    the output folder's default name."""
+    check_config(cfg)
     key = cfg.recipe_key()
     if key not in RECIPES:
         load_dataset(cfg.dataset)  # raises the one-line "unknown dataset" error
@@ -76,22 +117,13 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.out is None:
         stem = os.path.splitext(os.path.basename(cfg.dataset[4:]))[0] if key == "npz" else key
         cfg = dataclasses.replace(cfg, out=os.path.join("runs", stem))
-    for name in ("epochs", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise HaloRefError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        raise HaloRefError(f"--lr must be > 0, got {cfg.lr}")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise HaloRefError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.dtype not in ("float32", "float64"):
-        raise HaloRefError(f"--dtype {cfg.dtype!r} is not supported; use float32 or float64")
     return cfg
 
 
 def merge_resumed(cfg: TrainConfig, saved: dict, path: str) -> TrainConfig:
     """The checkpoint's configuration, refusing explicit settings that contradict it."""
     clash = [
-        f"{k}={getattr(cfg, k)!r} (checkpoint: {saved[k]!r})"
+        f"{arg(k, getattr(cfg, k))} (checkpoint: {saved[k]!r})"
         for k in FIXED_ON_RESUME
         if getattr(cfg, k) is not None and k in saved and getattr(cfg, k) != saved[k]
         and not (k in ("optimizer", "momentum", "clip_grad", "seed", "dataset", "dtype")
@@ -99,8 +131,8 @@ def merge_resumed(cfg: TrainConfig, saved: dict, path: str) -> TrainConfig:
     ]  # fmt: skip
     if clash:
         raise HaloRefError(
-            f"--resume: {', '.join(clash)} differ from {path}; drop these options to resume "
-            "the run as it was, or start a new run with another --out"
+            f"{arg('resume', True)}: {', '.join(clash)} differ from {path}; drop these settings "
+            f"to resume the run as it was, or start a new run in another folder ({arg('out')})"
         )
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = {k: v for k, v in saved.items() if k in known}
@@ -119,8 +151,7 @@ def set_threads(n: int | None) -> int | None:
     and 0.24 s with 1. Changes this process only (set once, at the start of a run). Returns n.
     """
     if n is not None:
-        if n < 1:
-            raise HaloRefError(f"--threads must be >= 1, got {n}")
+        COUNT.check(n, "threads")
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     set_blas_threads(1)
     return n

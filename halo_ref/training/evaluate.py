@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import HaloRefError
+from .._checks import COUNT, HaloRefError
 from ..models import halonet
 from ..nn.functional import cross_entropy_forward
 from .checkpoint import load_checkpoint
@@ -33,6 +33,7 @@ class Batcher:
 
 def evaluate(model, batcher: Batcher, images, labels, *, loss_fns=None, batch_size=256):
     """Mean cross-entropy and accuracy of `model` (in eval mode) on uint8 images (N, H, W, C)."""
+    COUNT.check(batch_size, "batch_size")
     fwd = loss_fns[0] if loss_fns else cross_entropy_forward
     model.eval()
     total_loss, correct = 0.0, 0
@@ -64,6 +65,9 @@ def evaluate_checkpoint(
     The images are normalised with the training statistics stored in the checkpoint. `dataset`
     defaults to the one the checkpoint was trained on; another must have the same image size.
     """
+    COUNT.check(batch_size, "batch_size")
+    if threads is not None:
+        COUNT.check(threads, "threads")
     model_state, _, meta, _ = load_checkpoint(path)
     cfg = meta["config"]
     set_threads(threads)

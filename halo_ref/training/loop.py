@@ -24,7 +24,7 @@ from ..backend import resolve, warm_up
 from ..models import halonet
 from ..nn.functional import cross_entropy_backward, cross_entropy_forward
 from .checkpoint import RunFolder, load_checkpoint
-from .config import TrainConfig, merge_resumed, resolve_config, set_threads
+from .config import TrainConfig, check_config, merge_resumed, resolve_config, set_threads
 from .data import Dataset, load_dataset
 from .data.augment import augment, channel_stats, padded_size
 from .evaluate import Batcher, evaluate
@@ -189,6 +189,7 @@ def _finish(run: _Run, log) -> dict:
 def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
     """The folder, the checkpoint to resume (refusing to overwrite a run), the configuration,
     the data, the model and the optimiser, each checked before the first step."""
+    check_config(cfg)
     folder = RunFolder(cfg.out if cfg.out is not None else resolve_config(cfg).out)
     folder.prepare()
     cfg, resumed = _open(cfg, folder, log)

@@ -155,6 +155,10 @@ def test_stride_must_divide_the_map():
         (dict(dtype=np.int32), "dtype=int32 is not supported"),
         (dict(backend="cuda"), "backend='cuda' is not supported"),
         (dict(block_size=2.5), "block_size must be an integer"),
+        (dict(qk_ratio=0), "qk_ratio must be a finite number > 0, got 0"),
+        (dict(qk_ratio=-1.0), "qk_ratio must be a finite number > 0, got -1.0"),
+        (dict(qk_ratio=float("nan")), "qk_ratio must be a finite number > 0, got nan"),
+        (dict(rng=-1), "rng=-1: a seed must be an integer >= 0"),
     ],
 )
 def test_bad_arguments_get_a_one_line_error(kw, message):

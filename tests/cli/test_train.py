@@ -113,7 +113,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--epochs", "0", "--out", str(tmp_path)]) == 2
-    assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert "argument --epochs: must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_cifar10_download_and_short_training_run_with_the_tiny_halonet(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers import StandIn
 
-from halo_ref.training.evaluate import Batcher, evaluate
+from halo_ref import HaloRefError
+from halo_ref.training.evaluate import Batcher, evaluate, evaluate_checkpoint
 
 
 def test_batcher_normalises_per_channel_and_pads_to_the_models_multiple():
@@ -28,3 +30,15 @@ def test_evaluate_averages_over_every_image_in_eval_mode():
     assert seen == [(3, False), (3, False), (1, False)] and model.training
     logits = forward(batcher(images))
     assert acc == np.mean(logits.argmax(axis=1) == labels)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_refused_before_anything_is_read(batch_size, tmp_path):
+    # -1 once gave 0.00% and exit status 0 (no batch ran); 0 a ValueError from range()
+    model = StandIn(3, 3, dtype=np.float64, rng=0)
+    images, labels = np.zeros((4, 1, 1, 3), np.uint8), np.zeros(4, np.int64)
+    with pytest.raises(HaloRefError, match="batch_size must be an integer >= 1"):
+        evaluate(model, Batcher([0.0] * 3, [1.0] * 3, 1, np.float64), images, labels,
+                 batch_size=batch_size)  # fmt: skip
+    with pytest.raises(HaloRefError, match="batch_size must be an integer >= 1"):
+        evaluate_checkpoint(str(tmp_path / "missing.npz"), batch_size=batch_size)

@@ -118,7 +118,7 @@ def test_existing_run_is_never_overwritten_or_silently_restarted(tmp_path):
     before = (tmp_path / "checkpoint.npz").read_bytes()
     with pytest.raises(HaloRefError, match="already holds a run.*--resume.*another --out"):
         run(tmp_path, epochs=1)
-    with pytest.raises(HaloRefError, match=r"--resume: lr=0.5 \(checkpoint: 0.01\).*drop these"):
+    with pytest.raises(HaloRefError, match=r"resume=True: lr=0.5 \(checkpoint: 0.01\).*drop these"):
         run(tmp_path, epochs=1, lr=0.5, resume=True)
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
 

@@ -1,0 +1,48 @@
+"""Careless input on the command line: every bad flag is one line on stderr, exit status 2,
+naming the flag and what it must be, before any work (nothing is read, compiled or written).
+
+Each case here was once a traceback, a silent acceptance or a wrong result (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+
+from halo_ref.cli.main import main
+
+BAD_FLAGS = [
+    (["train", "--lr", "inf"], "argument --lr: must be a finite number > 0, got 'inf'"),
+    (["train", "--lr", "nan"], "argument --lr: must be a finite number > 0, got 'nan'"),
+    (["train", "--warmup-epochs", "nan"], "argument --warmup-epochs: must be a finite number >= 0"),
+    (["train", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["vectors", "--out", "v", "--seed", "-1"], "argument --seed: must be an integer >= 0"),
+    (["train", "--clip-grad", "-1"], "argument --clip-grad: must be a finite number >= 0"),
+    (["train", "--clip-grad", "nan"], "argument --clip-grad: must be a finite number >= 0"),
+    (["train", "--checkpoint-every", "-5"], "argument --checkpoint-every: must be an integer >= 0"),
+    (["train", "--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0"),
+    (["train", "--momentum", "1"], "argument --momentum: must be a finite number >= 0 and < 1"),
+    (["train", "--label-smoothing", "1"], "argument --label-smoothing: must be a finite number"),
+    (["train", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got '0'"),
+    (["train", "--epochs", "1.5"], "argument --epochs: must be an integer >= 1, got '1.5'"),
+    (["train", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+    (["train", "--threads", "0"], "argument --threads: must be an integer >= 1"),
+    (["train", "--model", "nosuch"], "argument --model: invalid choice: 'nosuch'"),
+    (["evaluate", "--checkpoint", "c.npz", "--batch-size", "-1"], "argument --batch-size: must be an integer >= 1"),
+    (["evaluate", "--checkpoint", "c.npz", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+    (["verify", "--against", "timm", "--details", "-1"], "argument --details: must be an integer >= 0"),
+    (["train", "--optimizer", "nesterov", "--momentum", "0"], "--optimizer nesterov needs --momentum > 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, message", BAD_FLAGS, ids=lambda a: " ".join(a) if isinstance(a, list) else ""
+)
+def test_a_bad_flag_is_one_line_naming_it_with_status_2(
+    argv, message, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a run that started anyway would write here
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("halo-ref: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert out == "" and not list(tmp_path.iterdir())  # refused before any work
