@@ -12,12 +12,12 @@ def register(sub) -> None:
         help="print the H0-H7 table (paper, table 2) with halo_ref's parameter counts",
         description="Builds each of the paper's HaloNets H0-H7 with 1000 classes and prints the "
         "paper's configuration and parameter count beside halo_ref's count. Also lists the small "
-        "models ('micro', 'tiny'). See docs/models.md for the choices behind the counts.",
+        "models ('micro', 'tiny28', 'tiny', 'tiny64'). See docs/models.md for the choices behind the counts.",
     )
     p.add_argument(
         "--models",
         default=None,
-        help="comma-separated subset, e.g. h0,h1 (default: all of h0..h7, micro, tiny)",
+        help="comma-separated subset, e.g. h0,h1 (default: all of h0..h7 and the small models)",
     )
     p.add_argument(
         "--markdown", action="store_true", help="print a Markdown table (as in docs/models.md)"
@@ -26,9 +26,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    names = (
-        args.models.split(",") if args.models else [r[0] for r in PAPER_TABLE] + ["micro", "tiny"]
-    )
+    paper_names = [r[0] for r in PAPER_TABLE]
+    small = [n for n in NAMES if n not in paper_names]
+    names = args.models.split(",") if args.models else paper_names + small
     for n in names:
         check_choice(n, "--models entry", NAMES)
     paper = {r[0]: r for r in PAPER_TABLE}
@@ -76,8 +76,8 @@ def run(args) -> int:
         for r in rows:
             print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
     print(
-        "\nparams: trainable scalars with a 1000-class head (10 for micro/tiny); paper: table 2 "
-        "of arXiv 2103.12731; diff: halo_ref relative to the paper's rounded count. For micro "
-        "and tiny the l3 column holds the stage depths."
+        "\nparams: trainable scalars with a 1000-class head (10 for the small models); paper: "
+        "table 2 of arXiv 2103.12731; diff: halo_ref relative to the paper's rounded count. For the small "
+        "models the l3 column holds the stage depths."
     )
     return 0

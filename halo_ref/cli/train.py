@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..models import NAMES as MODELS
-from ..training.config import DTYPES, OPTIMIZERS, RULES, TrainConfig, resolve_config
+from ..training.config import DTYPES, OPTIMIZERS, RULES, TrainConfig, default_out
 from ..training.data import DATASETS_HELP
 from ..training.loop import train
+from ..training.recipes import RECIPES
 
 
 def register(sub) -> None:
@@ -16,20 +18,26 @@ def register(sub) -> None:
         help="train a HaloNet (bundled digits by default: no network needed)",
         description="Trains a HaloNet with a progress bar per epoch and writes metrics.jsonl, "
         "checkpoint.npz, best.npz, curves.png and summary.json into --out. Options left unset "
-        "take the dataset's recipe (digits: model micro, 20 epochs; cifar10: model tiny, 30 "
-        "epochs). A run killed at any moment continues with --resume and ends with the same "
-        "parameters as an uninterrupted run.",
+        "take the run's recipe: the dataset's own (digits: model micro, 20 epochs; cifar10: "
+        "model tiny, 30 epochs), or for your own images the one for their size (up to 16 px: "
+        "micro; 17-28 px: tiny28; 29-32 px: tiny; larger: tiny64); the first line of the run "
+        "says which and why. A run killed at any moment continues with --resume and ends with "
+        "the same parameters as an uninterrupted run.",
     )
     p.add_argument("--dataset", default="digits", help=f"{DATASETS_HELP} (default digits)")
-    p.add_argument("--model", choices=MODELS, help="(default: the dataset's recipe)")
+    p.add_argument(
+        "--recipe", choices=tuple(RECIPES),
+        help="train with this recipe instead of the one the dataset or its image size picks",
+    )  # fmt: skip
+    p.add_argument("--model", choices=MODELS, help="(default: recipe)")
     p.add_argument("--epochs", type=RULES["epochs"], help="number of epochs (default: recipe)")
     p.add_argument(
         "--batch-size", type=RULES["batch_size"], help="images per step (default: recipe)"
     )
     p.add_argument("--lr", type=RULES["lr"], help="peak learning rate (default: recipe)")
     p.add_argument(
-        "--optimizer", choices=OPTIMIZERS, default="adamw",
-        help="adamw (default), sgd with momentum, or sgd with nesterov momentum",
+        "--optimizer", choices=OPTIMIZERS,
+        help="adamw, sgd with momentum, or sgd with nesterov momentum (default: recipe)",
     )  # fmt: skip
     p.add_argument(
         "--momentum", type=RULES["momentum"], default=0.9, help="SGD momentum (default 0.9)"
@@ -48,6 +56,22 @@ def register(sub) -> None:
     p.add_argument(
         "--clip-grad", type=RULES["clip_grad"], default=5.0,
         help="max global gradient norm, 0: off (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--crop-pad", type=RULES["crop_pad"], metavar="PIXELS",
+        help="random crops of the image zero-padded by PIXELS, 0: off (default: recipe; digits "
+        "1, cifar10 4, your own images about an eighth of their side)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction,
+        help="random horizontal mirroring (default: recipe; on for cifar10 only: give --flip "
+        "when a mirrored image of yours shows the same class)",
+    )  # fmt: skip
+    p.add_argument(
+        "--val-split", type=RULES["val_split"], default=0.0, metavar="FRACTION",
+        help="hold out this fraction of the training images (stratified, the same for every "
+        "seed) and evaluate on it instead of the test set, which the run then never touches: "
+        "for tuning a recipe (default 0: evaluate on the test set)",
     )  # fmt: skip
     p.add_argument(
         "--seed", type=RULES["seed"], default=0, help="seed of weights, order, augmentation"
@@ -73,6 +97,7 @@ def register(sub) -> None:
 def run(args) -> int:
     cfg = TrainConfig(
         dataset=args.dataset,
+        recipe=args.recipe,
         model=args.model,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -83,6 +108,9 @@ def run(args) -> int:
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
         clip_grad=args.clip_grad,
+        crop_pad=args.crop_pad,
+        flip=args.flip,
+        val_split=args.val_split,
         seed=args.seed,
         threads=args.threads,
         dtype=args.dtype,
@@ -95,7 +123,7 @@ def run(args) -> int:
     try:
         train(cfg, progress=not args.no_progress)
     except KeyboardInterrupt:
-        out = resolve_config(cfg).out
+        out = cfg.out if cfg.out is not None else default_out(cfg)
         print(
             f"halo-ref: interrupted; the last checkpoint in {out} is kept: run the same command "
             "with --resume to continue",

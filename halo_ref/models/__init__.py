@@ -1,4 +1,5 @@
-"""HaloNet models: the paper's H0..H7 and small variants for CPU training ("micro", "tiny").
+"""HaloNet models: the paper's H0..H7 and small variants for CPU training
+("micro", "tiny28", "tiny", "tiny64").
 
 `configs` holds the configurations and their channel rules, `halonet` the network built from
 one.

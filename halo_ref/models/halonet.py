@@ -4,7 +4,8 @@ attention, with its bottleneck block, stem, stages and head.
     stem -> stage 1 .. stage 4 (bottleneck blocks, each: 1x1 conv -> halo attention(stride)
     -> BN + act -> 1x1 conv -> BN -> + shortcut -> act) -> [1x1 conv to df] -> mean -> linear
 
-The paper's family H0..H7 and two small models for CPU training ("micro", "tiny") are named
+The paper's family H0..H7 and the small models for CPU training ("micro", "tiny28", "tiny",
+"tiny64") are named
 configurations (`halo_ref.models.configs`) of this one network.
 """
 

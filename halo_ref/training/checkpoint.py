@@ -5,9 +5,10 @@ Files are written to a temporary name in the same folder and renamed over the ol
 of one. The files in the output folder (`RunFolder`):
 
     checkpoint.npz   the latest state (end of each epoch, and every few minutes within one)
-    best.npz         the state at the end of the epoch with the best test accuracy
+    best.npz         the state at the end of the epoch with the best accuracy on the evaluation
+                     split (the test images, or with --val-split the held-out training images)
     metrics.jsonl    one JSON line per finished epoch
-    curves.png       loss and accuracy per epoch, train and test
+    curves.png       loss and accuracy per epoch, train and test (or validation)
     summary.json     final test accuracy, time, throughput and the configuration
 
 A checkpoint is an .npz of plain arrays: "model/<name>" (parameters and buffers), "optim/<name>"
@@ -135,8 +136,8 @@ def _plot_curves(path: str, history: list[dict], label_smoothing: float) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("epoch", "train_loss", "test_loss", "train_acc", "test_acc")
-    curves = {k: [h[k] for h in history] for k in keys}
+    keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+    curves = {k: [h[k] for h in history] for k in keys if k in history[0]}
     note = f" (train loss includes label smoothing {label_smoothing:g})" if label_smoothing else ""
     (ax_loss, _) = plot_training_curves(curves, title=f"training curves{note}")
     save_figure(ax_loss.figure, path, dpi=100)

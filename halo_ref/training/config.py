@@ -1,8 +1,11 @@
-"""A training run's configuration: the recipes that fill it, the rules for resuming, threads.
+"""A training run's configuration: the recipe that fills it, the rules for resuming, threads.
 
-`TrainConfig` holds everything that defines a run; fields left as None take the dataset's
-recipe (`RECIPES`, `resolve_config`). A resumed run takes its checkpoint's configuration and
-refuses explicit settings that contradict it (`FIXED_ON_RESUME`, `merge_resumed`).
+`TrainConfig` holds everything that defines a run; fields left as None take the values of the
+run's recipe (`halo_ref.training.recipes`), which is chosen once the data is loaded, since the
+user's images get the recipe for their size. `check_config` refuses bad explicit settings
+before any work; `resolve_config` fills the rest from the recipe. A resumed run takes its
+checkpoint's configuration and refuses explicit settings that contradict it
+(`FIXED_ON_RESUME`, `merge_resumed`).
 """
 
 from __future__ import annotations
@@ -16,17 +19,8 @@ import numba
 from .._blas import set_blas_threads
 from .._checks import COUNT, POSITIVE, SEED, HaloRefError, Number, arg
 from ..models import NAMES as MODELS
-from .data import load_dataset
-
-# Recipes that work without tuning. Fields left as None in a TrainConfig are filled from here.
-RECIPES = {
-    "digits": dict(model="micro", epochs=20, batch_size=64, lr=4e-3, weight_decay=0.05,
-                   warmup_epochs=1.0, label_smoothing=0.1),
-    "cifar10": dict(model="tiny", epochs=30, batch_size=128, lr=2e-3, weight_decay=0.05,
-                    warmup_epochs=2.0, label_smoothing=0.1),
-    "npz": dict(model="micro", epochs=20, batch_size=64, lr=2e-3, weight_decay=0.05,
-                warmup_epochs=1.0, label_smoothing=0.0),
-}  # fmt: skip
+from .data import dataset_kind
+from .recipes import RECIPES, Recipe
 
 # The rule of every numeric setting (None, "take the recipe's", is always allowed). The command
 # line parses its flags with the same rules (`halo_ref.cli.train`).
@@ -36,28 +30,30 @@ RULES = {
     "label_smoothing": Number(ge=0, lt=1), "clip_grad": Number(ge=0),
     "crop_pad": Number(integer=True, ge=0), "seed": SEED, "threads": COUNT,
     "checkpoint_every": Number(integer=True, ge=0), "checkpoint_seconds": POSITIVE,
-    "eval_batch_size": COUNT,
+    "eval_batch_size": COUNT, "val_split": Number(ge=0, lt=1),
 }  # fmt: skip
 OPTIMIZERS = ("adamw", "sgd", "nesterov")
 DTYPES = ("float32", "float64")
 
 # Settings that decide the arithmetic of a run: a resumed run must use the checkpoint's values.
 FIXED_ON_RESUME = (
-    "dataset", "model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-    "warmup_epochs", "label_smoothing", "clip_grad", "seed", "dtype", "crop_pad", "flip",
+    "dataset", "recipe", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
+    "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "seed", "dtype", "crop_pad",
+    "flip", "val_split",
 )  # fmt: skip
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (None: take the dataset's recipe value)."""
+    """Everything that defines a training run (None: take the recipe's value)."""
 
     dataset: str = "digits"
+    recipe: str | None = None  # None: the dataset's recipe, or the one for its image size
     model: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    optimizer: str = "adamw"
+    optimizer: str | None = None
     momentum: float = 0.9
     weight_decay: float | None = None
     warmup_epochs: float | None = None
@@ -65,6 +61,7 @@ class TrainConfig:
     clip_grad: float = 5.0
     crop_pad: int | None = None
     flip: bool | None = None
+    val_split: float = 0.0  # > 0: evaluate on this fraction of the training images, held out
     seed: int = 0
     threads: int | None = None
     dtype: str = "float32"
@@ -76,8 +73,19 @@ class TrainConfig:
     checkpoint_seconds: float = 300.0  # ... and whenever this long has passed since the last save
     eval_batch_size: int = 256
 
-    def recipe_key(self) -> str:
-        return "npz" if self.dataset.startswith("npz:") else self.dataset
+
+def default_out(cfg: TrainConfig) -> str:
+    """The output folder when --out is not given: runs/<dataset name>."""
+    kind = dataset_kind(cfg.dataset)
+    if kind in ("digits", "cifar10"):
+        return os.path.join("runs", kind)
+    path = cfg.dataset.split(":", 1)[1].rstrip("/\\")
+    stem = os.path.basename(path)
+    for ext in (".tar.gz", ".tgz", ".tar", ".zip", ".npz"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return os.path.join("runs", stem or kind)
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -86,7 +94,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     for name, rule in RULES.items():
         if getattr(cfg, name) is not None:
             rule.check(getattr(cfg, name), name)
-    choices = (("model", MODELS), ("optimizer", OPTIMIZERS), ("dtype", DTYPES))
+    choices = (("recipe", tuple(RECIPES)), ("model", MODELS), ("optimizer", OPTIMIZERS),
+               ("dtype", DTYPES))  # fmt: skip
     for name, allowed in choices:
         value = getattr(cfg, name)
         if value is not None and value not in allowed:
@@ -102,22 +111,18 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (str, os.PathLike)) and str(value)):
             raise HaloRefError(f"{arg(name, value)}: expected a non-empty path or name")
+    dataset_kind(cfg.dataset)  # an unknown dataset is a one-line error
     return cfg
 
 
-def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Check the settings (`check_config`), then fill None fields from the dataset's recipe and
-    the output folder's default name."""
+def resolve_config(cfg: TrainConfig, recipe: Recipe) -> TrainConfig:
+    """`cfg` with its None fields filled from `recipe` (and `recipe` named in it), and the
+    default output folder; explicit settings are checked first (`check_config`)."""
     check_config(cfg)
-    key = cfg.recipe_key()
-    if key not in RECIPES:
-        load_dataset(cfg.dataset)  # raises the one-line "unknown dataset" error
-    filled = {k: v for k, v in RECIPES[key].items() if getattr(cfg, k) is None}
-    cfg = dataclasses.replace(cfg, **filled)
-    if cfg.out is None:
-        stem = os.path.splitext(os.path.basename(cfg.dataset[4:]))[0] if key == "npz" else key
-        cfg = dataclasses.replace(cfg, out=os.path.join("runs", stem))
-    return cfg
+    filled = {k: v for k, v in recipe.settings().items() if getattr(cfg, k) is None}
+    return dataclasses.replace(
+        cfg, **filled, recipe=recipe.name, out=cfg.out if cfg.out is not None else default_out(cfg)
+    )
 
 
 def merge_resumed(cfg: TrainConfig, saved: dict, path: str) -> TrainConfig:
@@ -126,7 +131,7 @@ def merge_resumed(cfg: TrainConfig, saved: dict, path: str) -> TrainConfig:
         f"{arg(k, getattr(cfg, k))} (checkpoint: {saved[k]!r})"
         for k in FIXED_ON_RESUME
         if getattr(cfg, k) is not None and k in saved and getattr(cfg, k) != saved[k]
-        and not (k in ("optimizer", "momentum", "clip_grad", "seed", "dataset", "dtype")
+        and not (k in ("momentum", "clip_grad", "seed", "dataset", "dtype", "val_split")
                  and getattr(cfg, k) == getattr(TrainConfig, k))
     ]  # fmt: skip
     if clash:

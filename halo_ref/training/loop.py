@@ -24,11 +24,20 @@ from ..backend import resolve, warm_up
 from ..models import halonet
 from ..nn.functional import cross_entropy_backward, cross_entropy_forward
 from .checkpoint import RunFolder, load_checkpoint
-from .config import TrainConfig, check_config, merge_resumed, resolve_config, set_threads
-from .data import Dataset, load_dataset
+from .config import (
+    TrainConfig,
+    check_config,
+    default_out,
+    merge_resumed,
+    resolve_config,
+    set_threads,
+)
+from .data import Dataset, dataset_kind, load_dataset, split_validation
 from .data.augment import augment, channel_stats, padded_size
+from .data.splits import VAL_SPLIT_SEED
 from .evaluate import Batcher, evaluate
 from .optim import Optimizer, clip_grad_norm, cosine_lr, make_optimizer
+from .recipes import choose_recipe
 from .state import RunState
 
 
@@ -140,21 +149,22 @@ def _step(run: _Run, lr: float) -> None:
 
 
 def _end_epoch(run: _Run, lr: float, log) -> None:
-    """Evaluate the model, record the epoch and write its files: best.npz when the test accuracy
-    improved, the metrics and curves, and the checkpoint last (a kill before it redoes the
-    epoch, and rewrites the others)."""
+    """Evaluate the model on the evaluation split (the test images, or those held out by
+    --val-split), record the epoch and write its files: best.npz when the accuracy improved,
+    the metrics and curves, and the checkpoint last (a kill before it redoes the epoch, and
+    rewrites the others)."""
     cfg, state = run.cfg, run.state
     t0 = time.perf_counter()
-    data = run.data
-    test_loss, test_acc = evaluate(
+    data, split = run.data, run.data.eval_split
+    loss, acc = evaluate(
         run.model, run.batcher, data.x_test, data.y_test, loss_fns=run.loss_fns,
         batch_size=cfg.eval_batch_size,
     )  # fmt: skip
-    improved = state.end_epoch(test_loss, test_acc, lr, time.perf_counter() - t0)
+    improved = state.end_epoch(loss, acc, lr, time.perf_counter() - t0, split=split)
     h = state.history[-1]
     log(
         f"epoch {state.epoch:3d}/{cfg.epochs}  train loss {h['train_loss']:.4f} acc "
-        f"{100 * h['train_acc']:5.1f}%  test loss {test_loss:.4f} acc {100 * test_acc:5.1f}%  "
+        f"{100 * h['train_acc']:5.1f}%  {split} loss {loss:.4f} acc {100 * acc:5.1f}%  "
         f"{h['images_per_s']:.0f} img/s  {h['epoch_seconds']:.1f} s"
     )
     if improved:
@@ -165,55 +175,61 @@ def _end_epoch(run: _Run, lr: float, log) -> None:
 
 def _finish(run: _Run, log) -> dict:
     """Write summary.json and say where the files are."""
-    cfg, state = run.cfg, run.state
+    cfg, state, split = run.cfg, run.state, run.data.eval_split
     final = state.history[-1]
     rates = [h["images_per_s"] for h in state.history]
     summary = {
-        "test_accuracy": final["test_acc"], "test_loss": final["test_loss"],
-        "best_test_accuracy": state.best_acc,
-        "best_epoch": max(state.history, key=lambda h: h["test_acc"])["epoch"],
+        f"{split}_accuracy": final[f"{split}_acc"], f"{split}_loss": final[f"{split}_loss"],
+        f"best_{split}_accuracy": state.best_acc,
+        "best_epoch": max(state.history, key=lambda h: h[f"{split}_acc"])["epoch"],
+        "evaluated_on": _evaluated_on(run.data, cfg),
         "epochs": len(state.history), "steps": state.step, "train_seconds": state.elapsed,
         "images_per_second_median": float(np.median(rates)), "parameters": _count(run.model),
         "input_hw": run.input_hw, "config": dataclasses.asdict(cfg),
     }  # fmt: skip
     run.folder.write_summary(summary)
+    word = "validation" if split == "val" else "test"
     log(
-        f"test accuracy: {100 * final['test_acc']:.2f}% ({cfg.dataset}, {len(run.data.x_test)} "
-        f"images) after {len(state.history)} epochs, {state.elapsed:.0f} s of training; files "
-        f"in {run.folder.path}"
+        f"{word} accuracy: {100 * final[f'{split}_acc']:.2f}% ({cfg.dataset}, "
+        f"{len(run.data.x_test)} images) after {len(state.history)} epochs, {state.elapsed:.0f} s "
+        f"of training; files in {run.folder.path}"
     )
     return summary
+
+
+def _evaluated_on(data: Dataset, cfg: TrainConfig) -> str:
+    """Which images the epochs were scored on, as a phrase (for the first line and summary)."""
+    if data.eval_split == "val":
+        return (
+            f"a validation split of {len(data.x_test)} training images (--val-split "
+            f"{cfg.val_split:g}, stratified, seed {VAL_SPLIT_SEED}); the test set is not used"
+        )
+    return f"the {len(data.x_test)} test images"
 
 
 # -- preparing a run ------------------------------------------------------------------------------
 def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
     """The folder, the checkpoint to resume (refusing to overwrite a run), the configuration,
-    the data, the model and the optimiser, each checked before the first step."""
+    the data, the recipe, the model and the optimiser, each checked before the first step."""
     check_config(cfg)
-    folder = RunFolder(cfg.out if cfg.out is not None else resolve_config(cfg).out)
+    folder = RunFolder(cfg.out if cfg.out is not None else default_out(cfg))
     folder.prepare()
     cfg, resumed = _open(cfg, folder, log)
-    cfg = resolve_config(cfg)
     set_threads(cfg.threads)
     dtype = np.dtype(cfg.dtype)
     data = dataset if dataset is not None else load_dataset(cfg.dataset, data_dir=cfg.data_dir,
                                                             download=cfg.download)  # fmt: skip
-    crop_pad = data.crop_pad if cfg.crop_pad is None else cfg.crop_pad
-    cfg = dataclasses.replace(
-        cfg, crop_pad=crop_pad, flip=data.flip if cfg.flip is None else cfg.flip
-    )
+    if cfg.val_split:
+        data = split_validation(data, cfg.val_split)  # the evaluation split is held out now
     H, W, C = data.image_shape
+    recipe, why = choose_recipe(dataset_kind(cfg.dataset), data.image_shape, cfg.recipe)
+    cfg = resolve_config(cfg, recipe)
     model = model_factory(
         cfg.model, num_classes=data.num_classes, in_chans=C, dtype=dtype, rng=cfg.seed
     )
     multiple = int(getattr(model, "input_multiple", 1))
     batcher = Batcher(*channel_stats(data.x_train), multiple, dtype)
     Hp, Wp = padded_size(H, multiple), padded_size(W, multiple)
-    if (Hp, Wp) != (H, W):
-        log(
-            f"note: {H}x{W} images are zero-padded to {Hp}x{Wp} (model {cfg.model!r} needs "
-            f"multiples of {multiple})"
-        )
     optimizer = make_optimizer(
         cfg.optimizer, model.params, weight_decay=cfg.weight_decay, momentum=cfg.momentum
     )
@@ -222,14 +238,12 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
     info = {
         "num_classes": data.num_classes, "in_chans": C, "dataset_shape": [n_train, H, W, C],
         "mean": batcher.mean.tolist(), "std": batcher.std.tolist(), "input_multiple": multiple,
+        "class_names": list(data.class_names), "pixel_max": data.pixel_max,
+        "eval_split": data.eval_split,
     }  # fmt: skip
     if resumed is None:
         state = RunState.start(cfg.seed)
-        log(
-            f"training {cfg.model!r} ({_count(model):,} parameters) on {cfg.dataset}: {n_train} "
-            f"train / {len(data.x_test)} test images, {cfg.epochs} epochs of {steps_per_epoch} "
-            f"steps, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} -> {folder.path}"
-        )
+        log(_first_line(cfg, why, model, data, steps_per_epoch, folder))
     else:
         model_state, optim_state, meta, order = resumed
         if meta["dataset_shape"] != info["dataset_shape"]:
@@ -241,6 +255,13 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
         optimizer.load_state_dict(optim_state)
         state = RunState.resume(cfg.seed, meta, order)
         log(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
+    for note in data.notes:
+        log(f"note: {note}")
+    if (Hp, Wp) != (H, W):
+        log(
+            f"note: {H}x{W} images are zero-padded to {Hp}x{Wp} (model {cfg.model!r} needs "
+            f"multiples of {multiple})"
+        )
     if _uses_numba(model):
         # the first run compiles the kernels (tens of seconds): say so rather than look stuck
         log("preparing the Numba kernels (compiled on the first run, then cached on disk) ...")
@@ -248,6 +269,19 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     return _Run(cfg, folder, state, data, model, optimizer, batcher, loss_fns, info, [Hp, Wp],
                 steps_per_epoch, warmup_steps)  # fmt: skip
+
+
+def _first_line(cfg: TrainConfig, why: str, model, data: Dataset, steps: int, folder) -> str:
+    """The run's first line: what was chosen (recipe, model, schedule, augmentation, the
+    evaluation split) and why."""
+    aug = f"crop-pad {cfg.crop_pad}" if cfg.crop_pad else "no random crops"
+    aug += ", flips" if cfg.flip else ", no flips"
+    return (
+        f"training {cfg.model!r} ({_count(model):,} parameters) on {cfg.dataset}, recipe "
+        f"{cfg.recipe!r} ({why}): {len(data.x_train)} train images, {cfg.epochs} epochs of "
+        f"{steps} steps, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, label smoothing "
+        f"{cfg.label_smoothing:g}, {aug}; evaluated on {_evaluated_on(data, cfg)} -> {folder.path}"
+    )
 
 
 def _open(cfg: TrainConfig, folder: RunFolder, log):

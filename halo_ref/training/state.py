@@ -83,20 +83,23 @@ class RunState:
             f"{s['seen'] / max(s['seconds'], 1e-9):.0f} img/s"
         )
 
-    def end_epoch(self, test_loss: float, test_acc: float, lr: float, seconds: float) -> bool:
-        """Record the finished epoch (its evaluation took `seconds`); returns whether its test
-        accuracy is the best so far."""
+    def end_epoch(
+        self, loss: float, acc: float, lr: float, seconds: float, *, split: str = "test"
+    ) -> bool:
+        """Record the finished epoch, scored on the evaluation split `split` ("test" or "val":
+        its loss and accuracy are recorded as "<split>_loss", "<split>_acc"; the evaluation took
+        `seconds`); returns whether its accuracy is the best so far."""
         self.elapsed += seconds
         self.epoch, self.batch = self.epoch + 1, 0
         s = self.sums
         self.history.append({
             "epoch": self.epoch, "step": self.step, "lr": lr,
             "train_loss": s["loss"] / s["seen"], "train_acc": s["correct"] / s["seen"],
-            "test_loss": test_loss, "test_acc": test_acc,
+            f"{split}_loss": loss, f"{split}_acc": acc,
             "images_per_s": s["seen"] / max(s["seconds"], 1e-9),
             "epoch_seconds": s["seconds"], "elapsed_seconds": self.elapsed,
         })  # fmt: skip
-        if test_acc > self.best_acc:
-            self.best_acc = test_acc
+        if acc > self.best_acc:
+            self.best_acc = acc
             return True
         return False

@@ -23,7 +23,9 @@ from halo_ref.verification.testing import assert_close, check_gradients
 # layer's parameters shows up here, and must then be explained in docs/models.md.
 EXPECTED_PARAMS = {
     "micro": 20_234,
+    "tiny28": 192_474,
     "tiny": 337_882,
+    "tiny64": 340_418,
     "h0": 5_502_248,
     "h1": 8_101_352,
     "h2": 9_405_608,
@@ -57,17 +59,17 @@ def test_h_family_within_ten_percent_of_paper(row):
     assert abs(ratio - 1) < 0.005, ratio
 
 
-def test_small_models_fit_their_briefs():
-    micro, tiny = halonet("micro", in_chans=1), halonet("tiny")
-    assert micro.input_multiple <= 8 and 8 % micro.input_multiple == 0
-    assert 10_000 <= count_params(micro) < 100_000
-    assert 32 % tiny.input_multiple == 0 and count_params(tiny) < 1_000_000
-    assert micro.forward(np.zeros((3, 1, 8, 8), np.float32)).shape == (3, 10)
-    assert tiny.forward(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
-    # attention in most blocks: every residual block of both models has a halo attention
-    for m in (micro, tiny):
-        blocks = [b for stage in m.stages for b in stage]
-        assert all(type(b.attn).__name__ == "HaloAttention" for b in blocks)
+@pytest.mark.parametrize(
+    "name, size, chans", [("micro", 8, 1), ("tiny28", 28, 1), ("tiny", 32, 3), ("tiny64", 64, 3)]
+)
+def test_small_models_fit_their_image_size_with_attention_in_every_block(name, size, chans):
+    m = halonet(name, in_chans=chans)
+    assert m.config.image_size == size and size % m.input_multiple == 0  # no padding needed
+    assert 10_000 <= count_params(m) < 1_000_000
+    assert m.forward(np.zeros((2, chans, size, size), np.float32)).shape == (2, 10)
+    # attention in most blocks: every residual block of these models has a halo attention
+    blocks = [b for stage in m.stages for b in stage]
+    assert all(type(b.attn).__name__ == "HaloAttention" for b in blocks)
 
 
 def test_stage_widths_follow_the_documented_reading_of_rb_and_rv():

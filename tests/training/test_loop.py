@@ -7,6 +7,7 @@ checked against finite differences first, since every later test trusts it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -81,6 +82,40 @@ def test_training_learns_and_writes_every_file(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     result = evaluate_checkpoint(str(tmp_path / "checkpoint.npz"), model_factory=standin_factory)
     assert result["test_accuracy"] == rows[-1]["test_acc"]  # same model, same data: exact
+
+
+def test_a_validation_split_is_scored_instead_of_the_test_set_which_is_never_touched(tmp_path):
+    data = load_digits()
+    # labels no cross-entropy accepts: evaluating on the test set would fail
+    data.y_test = np.full_like(data.y_test, 10**6)
+    lines = []
+    summary = train(config(tmp_path, val_split=0.2, epochs=2), model_factory=standin_factory,
+                    progress=False, log=lines.append, dataset=data)  # fmt: skip
+    assert "evaluated on a validation split of 287 training images (--val-split 0.2" in lines[0]
+    assert "the test set is not used" in lines[0] and lines[0].startswith("training 'micro'")
+    rows = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "test_acc" not in rows[0] and summary["val_accuracy"] == rows[-1]["val_acc"] > 0.5
+    assert summary["best_val_accuracy"] == max(r["val_acc"] for r in rows)
+    assert summary["evaluated_on"].startswith("a validation split of 287")
+    _, _, meta, _ = load_checkpoint(str(tmp_path / "best.npz"))
+    assert meta["eval_split"] == "val" and meta["config"]["val_split"] == 0.2
+    assert meta["dataset_shape"][0] == 1438 - 287 and meta["class_names"] == list("0123456789")
+
+
+def test_the_first_line_names_the_recipe_the_image_size_picked(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "fashion.npz"
+    x = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    y = np.arange(40) % 4
+    np.savez(path, x_train=x, y_train=y, x_test=x[:8], y_test=y[:8])
+    lines = []
+    factory = functools.partial(standin_factory, image=28)
+    cfg = TrainConfig(dataset=f"npz:{path}", epochs=1, out=str(tmp_path / "run"))
+    summary = train(cfg, model_factory=factory, progress=False, log=lines.append)
+    assert lines[0].startswith("training 'tiny28'")
+    assert "recipe 'size28' (28x28 grey images: images of 17x17 to 28x28 pixels)" in lines[0]
+    assert "crop-pad 3, no flips" in lines[0] and "evaluated on the 8 test images" in lines[0]
+    assert summary["config"]["recipe"] == "size28" and summary["config"]["label_smoothing"] == 0.1
 
 
 def _params(path):

@@ -32,12 +32,14 @@ def test_an_epoch_draws_its_order_once_and_records_its_totals():
     assert np.array_equal(state.order, first)
     assert list(state.batch_indices(2)) == list(first[2:4])
     state.record_step(loss=3.0, correct=2, seen=2, seconds=1.0)
-    assert state.end_epoch(test_loss=0.5, test_acc=0.25, lr=0.1, seconds=2.0)  # the best so far
+    assert state.end_epoch(loss=0.5, acc=0.25, lr=0.1, seconds=2.0)  # the best so far
     row = state.history[-1]
+    assert (row["test_loss"], row["test_acc"]) == (0.5, 0.25)
     assert (row["epoch"], row["step"], row["train_loss"], row["train_acc"]) == (1, 2, 2.0, 0.75)
     assert row["elapsed_seconds"] == 4.0 and (state.epoch, state.batch) == (1, 0)
     state.begin_epoch(6)
     assert state.sums["seen"] == 0 and not np.array_equal(state.order, first)
     state.record_step(loss=1.0, correct=0, seen=2, seconds=1.0)
-    assert not state.end_epoch(test_loss=0.4, test_acc=0.25, lr=0.1, seconds=0.0)  # not better
+    assert not state.end_epoch(loss=0.4, acc=0.25, lr=0.1, seconds=0.0, split="val")  # not better
     assert state.best_acc == 0.25
+    assert (state.history[-1]["val_acc"], "test_acc" in state.history[-1]) == (0.25, False)

@@ -17,6 +17,7 @@ from ..._checks import HaloRefError
 from .cifar10 import load_cifar10
 from .dataset import Dataset
 from .npz import load_npz
+from .splits import split_validation
 
 DATASETS_HELP = "digits (bundled, no network), cifar10, or npz:PATH"
 
@@ -37,9 +38,8 @@ def load_digits() -> Dataset:
         x_test=arrays["x_test"][..., None],
         y_test=arrays["y_test"].astype(np.int64),
         num_classes=10,
-        crop_pad=1,  # a one-pixel shift is a plausible pen position; a mirrored digit is not
-        flip=False,
         class_names=[str(k) for k in range(10)],
+        pixel_max=16,
     )
 
 
@@ -50,6 +50,17 @@ def default_data_dir() -> str:
         return env
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "halo_ref")
+
+
+def dataset_kind(spec: str) -> str:
+    """The source a `--dataset` value names: "digits", "cifar10" or "npz" (the recipe rule and
+    the default output folder follow it); an unknown value is a one-line error."""
+    if isinstance(spec, str):
+        if spec in ("digits", "cifar10"):
+            return spec
+        if spec.startswith("npz:"):
+            return "npz"
+    raise HaloRefError(f"--dataset {spec!r} is not known; use {DATASETS_HELP}")
 
 
 def load_dataset(spec: str, *, data_dir: str | None = None, download: bool = False) -> Dataset:
@@ -65,4 +76,12 @@ def load_dataset(spec: str, *, data_dir: str | None = None, download: bool = Fal
     raise HaloRefError(f"--dataset {spec!r} is not known; use {DATASETS_HELP}")
 
 
-__all__ = ["DATASETS_HELP", "Dataset", "default_data_dir", "load_dataset", "load_digits"]
+__all__ = [
+    "DATASETS_HELP",
+    "Dataset",
+    "dataset_kind",
+    "default_data_dir",
+    "load_dataset",
+    "load_digits",
+    "split_validation",
+]

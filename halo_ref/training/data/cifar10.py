@@ -227,7 +227,5 @@ def load_cifar10(
         x_test=parts["test_batch"][0],
         y_test=parts["test_batch"][1],
         num_classes=10,
-        crop_pad=4,  # the standard CIFAR recipe: pad 4, crop 32, flip
-        flip=True,
         class_names=list(CLASS_NAMES),
     )

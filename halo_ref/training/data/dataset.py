@@ -11,9 +11,13 @@ import numpy as np
 class Dataset:
     """A labelled train/test split of uint8 images.
 
-    x_train: (N, H, W, C) uint8; y_train: (N,) int64 in [0, num_classes); likewise for the test
-    split. `crop_pad` and `flip` are the augmentation that suits the data (digits must not be
-    mirrored; photographs may).
+    x_train: (N, H, W, C) uint8; y_train: (N,) int64 in [0, num_classes); likewise for the
+    evaluation split x_test, y_test: the test images, or (eval_split "val") images held out
+    from the training set (`halo_ref.training.data.splits.split_validation`).
+    class_names: one name per class, in label order. pixel_max: the largest pixel value the
+    source uses (255; 16 for the UCI digits, which count pen strokes), so that a new image can
+    be brought to the same scale. notes: what the loader did that a user should hear about
+    (images resized or skipped, a cache used), one phrase each.
     """
 
     name: str
@@ -22,9 +26,10 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    crop_pad: int = 0
-    flip: bool = False
     class_names: list[str] = field(default_factory=list)
+    pixel_max: int = 255
+    eval_split: str = "test"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -1,8 +1,10 @@
 """User datasets from an `.npz` file: `x_train`, `y_train`, `x_test`, `y_test`.
 
 Images are uint8, (N, H, W) for grey or (N, H, W, C) for C channels; labels are integers in
-[0, K). K is `num_classes` when the file has that key, else the largest label plus one. Every
-problem is reported in one line naming the key and the fix, before any training starts.
+[0, K). K is `num_classes` when the file has that key, else the largest label plus one. An
+optional `class_names` (K strings, e.g. np.array(["cat", "dog"])) names the classes in the
+checkpoint and in `halo-ref predict`; without it they are "0".."K-1". Every problem is reported
+in one line naming the key and the fix, before any training starts.
 """
 
 from __future__ import annotations
@@ -87,6 +89,15 @@ def load_npz(path: str) -> Dataset:
                 f"{where}: {key}[{i}] = {int(y[i])} is out of range; labels must be in "
                 f"[0, {k}) (0-based class indices)"
             )
+    names = [str(i) for i in range(k)]
+    if "class_names" in found:
+        given = found["class_names"]
+        if given.dtype.kind != "U" or given.shape != (k,):
+            raise HaloRefError(
+                f"{where}: class_names has dtype {given.dtype} and shape {given.shape}; expected "
+                f"{k} strings, one per class (np.array(['name 0', 'name 1', ...]))"
+            )
+        names = [str(n) for n in given]
     return Dataset(
         name=os.path.basename(path),
         x_train=np.ascontiguousarray(x_train),
@@ -94,6 +105,5 @@ def load_npz(path: str) -> Dataset:
         x_test=np.ascontiguousarray(x_test),
         y_test=y_test,
         num_classes=k,
-        crop_pad=0,  # the user's data: no augmentation is assumed safe unless asked for
-        flip=False,
+        class_names=names,
     )
