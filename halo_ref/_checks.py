@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import math
 import os
+import tempfile
 import zipfile
 
 import numpy as np
@@ -200,6 +201,47 @@ def check_spatial(H: int, W: int, *, block_size: int, stride: int, owner: str) -
                 f"{owner}: {axis}={n} is not a multiple of stride={stride}; pad or crop it to "
                 f"{n + stride - n % stride}"
             )
+
+
+def check_out_folder(path, name: str = "out", *, flag: str | None = None) -> str:
+    """Raise a one-line HaloRefError unless `path` is a folder, or a path where one can be made,
+    in which this process can write; creates nothing. Returns `path` as a string.
+
+    Writing is tried, not inferred from permission bits (which say nothing for root, ACLs or a
+    read-only mount): a temporary file is made and removed in the folder, or in its nearest
+    existing parent when the folder is still to be made.
+    """
+    path = os.fspath(path)
+    named = arg(name, path, flag=flag)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise HaloRefError(f"{named} is a file, not a folder; choose a folder path")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise HaloRefError(
+            f"{named}: {parent} is a file, so no folder can be made under it; choose another path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise HaloRefError(
+            f"{named}: cannot write in {parent} ({exc.strerror or exc}); choose a folder you can "
+            "write to"
+        ) from None
+    return path
+
+
+def make_folder(path, name: str = "out", *, flag: str | None = None) -> None:
+    """`os.makedirs(path, exist_ok=True)`, failing as a one-line HaloRefError."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise HaloRefError(
+            f"{arg(name, os.fspath(path), flag=flag)}: cannot make the folder "
+            f"({exc.strerror or exc}); choose another path"
+        ) from None
 
 
 def read_npz(path: str, *, missing: str, not_npz: str, unreadable: str) -> dict[str, np.ndarray]:

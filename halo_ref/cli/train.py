@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..models import NAMES as MODELS
@@ -124,10 +125,15 @@ def run(args) -> int:
         train(cfg, progress=not args.no_progress)
     except KeyboardInterrupt:
         out = cfg.out if cfg.out is not None else default_out(cfg)
-        print(
-            f"halo-ref: interrupted; the last checkpoint in {out} is kept: run the same command "
-            "with --resume to continue",
-            file=sys.stderr,
-        )
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            print(
+                f"halo-ref: interrupted; the last checkpoint in {out} is kept: run the same "
+                "command with --resume to continue",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                "halo-ref: interrupted before the first step; nothing was written", file=sys.stderr
+            )
         return 130
     return 0

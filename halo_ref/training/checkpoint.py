@@ -4,7 +4,8 @@ Files are written to a temporary name in the same folder and renamed over the ol
 (`os.replace` is atomic), so a kill leaves either the previous file or the new one, never half
 of one. The files in the output folder (`RunFolder`):
 
-    checkpoint.npz   the latest state (end of each epoch, and every few minutes within one)
+    checkpoint.npz   the latest state (before the first step, at the end of each epoch, and
+                     every few minutes within one): always the first file of a run
     best.npz         the state at the end of the epoch with the best accuracy on the evaluation
                      split (the test images, or with --val-split the held-out training images)
     metrics.jsonl    one JSON line per finished epoch
@@ -25,7 +26,7 @@ import os
 import numpy as np
 
 from .._atomic import atomic_write
-from .._checks import HaloRefError, read_npz
+from .._checks import HaloRefError, make_folder, read_npz
 from ..viz import plot_training_curves, save_figure
 
 CHECKPOINT_FORMAT = "halo_ref.checkpoint"
@@ -87,10 +88,14 @@ class RunFolder:
             os.path.join(path, name) for name in OUTPUT_FILES
         )
 
+    def outputs(self) -> list[str]:
+        """The names of the run files (`OUTPUT_FILES`) the folder holds, in that order."""
+        return [n for n in OUTPUT_FILES if os.path.exists(os.path.join(self.path, n))]
+
     def prepare(self) -> None:
         """Create the folder, and remove temporary files a killed run left (never a finished
         file)."""
-        os.makedirs(self.path, exist_ok=True)
+        make_folder(self.path)
         prefixes = tuple(f".{name}." for name in OUTPUT_FILES)
         for name in os.listdir(self.path):
             if name.startswith(prefixes) and name.endswith(".tmp"):
@@ -112,6 +117,8 @@ class RunFolder:
         if not os.path.exists(self.checkpoint):
             return "no checkpoint was written yet"
         meta = load_checkpoint(self.checkpoint)[2]
+        if meta["step"] == 0:
+            return "no step was saved yet (checkpoint.npz holds the run before its first step)"
         return (
             f"the last good checkpoint is {self.checkpoint} (epoch {meta['epoch']}, step "
             f"{meta['step']})"

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
-from .._checks import HaloRefError
+from .._checks import HaloRefError, arg, check_out_folder
 from ..attention.layer import HaloAttention
 from ..backend import resolve, warm_up
 from ..models import halonet
@@ -212,8 +211,7 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
     """The folder, the checkpoint to resume (refusing to overwrite a run), the configuration,
     the data, the recipe, the model and the optimiser, each checked before the first step."""
     check_config(cfg)
-    folder = RunFolder(cfg.out if cfg.out is not None else default_out(cfg))
-    folder.prepare()
+    folder = RunFolder(check_out_folder(cfg.out if cfg.out is not None else default_out(cfg)))
     cfg, resumed = _open(cfg, folder, log)
     set_threads(cfg.threads)
     dtype = np.dtype(cfg.dtype)
@@ -267,8 +265,14 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
         log("preparing the Numba kernels (compiled on the first run, then cached on disk) ...")
         log(f"kernels ready in {warm_up(dtypes=(dtype,)):.1f} s")
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    return _Run(cfg, folder, state, data, model, optimizer, batcher, loss_fns, info, [Hp, Wp],
-                steps_per_epoch, warmup_steps)  # fmt: skip
+    run = _Run(cfg, folder, state, data, model, optimizer, batcher, loss_fns, info, [Hp, Wp],
+               steps_per_epoch, warmup_steps)  # fmt: skip
+    # every input is checked: only now the folder is made, and a new run's first file is its
+    # checkpoint (step 0), so that a folder holding any run file always holds one to resume
+    folder.prepare()
+    if resumed is None:
+        run.save(folder.checkpoint, within_epoch=False)
+    return run
 
 
 def _first_line(cfg: TrainConfig, why: str, model, data: Dataset, steps: int, folder) -> str:
@@ -286,17 +290,31 @@ def _first_line(cfg: TrainConfig, why: str, model, data: Dataset, steps: int, fo
 
 def _open(cfg: TrainConfig, folder: RunFolder, log):
     """The configuration to run and the checkpoint to resume (None: a new run). A folder that
-    holds a run is only ever continued, with --resume, never overwritten."""
-    if os.path.exists(folder.checkpoint):
+    holds any file of a run is only ever continued, with resume, never overwritten."""
+    found = folder.outputs()
+    out, resume = arg("out", folder.path), arg("resume", True)
+    if "checkpoint.npz" in found:
         if not cfg.resume:
             raise HaloRefError(
-                f"{folder.path} already holds a run (checkpoint.npz); pass --resume to continue "
-                "it, or choose another --out"
+                f"{out} already holds a run ({', '.join(found)}); continue it with {resume}, or "
+                f"choose another folder for {arg('out')}"
             )
         resumed = load_checkpoint(folder.checkpoint)
         return merge_resumed(cfg, resumed[2]["config"], folder.checkpoint), resumed
+    if found:
+        # every run writes checkpoint.npz first, so these files are not an unfinished run of
+        # ours: a finished one whose checkpoint was removed, or someone else's
+        why = "there is no run to continue" if cfg.resume else "a new run would overwrite them"
+        hint = ""
+        if "best.npz" in found:
+            hint = "its best.npz can still be evaluated (halo-ref evaluate --checkpoint "
+            hint += f"{folder.best}); "
+        raise HaloRefError(
+            f"{out} holds {', '.join(found)} but no checkpoint.npz, so {why}; {hint}move them "
+            f"away or choose another folder for {arg('out')}"
+        )
     if cfg.resume:
-        log(f"--resume: no checkpoint in {folder.path} yet; starting from the beginning")
+        log(f"{resume}: no checkpoint in {folder.path} yet; starting from the beginning")
     return cfg, None
 
 

@@ -36,7 +36,14 @@ import numpy as np
 
 from .. import __version__
 from .._atomic import atomic_write
-from .._checks import HaloRefError, check_positive_int
+from .._checks import (
+    SEED,
+    HaloRefError,
+    arg,
+    check_out_folder,
+    check_positive_int,
+    make_folder,
+)
 from ..attention.layer import HaloAttention, downsampling
 from ..models import halonet
 from ..nn.functional import cross_entropy_backward, cross_entropy_forward
@@ -439,16 +446,18 @@ def write_vectors(out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_G
     Files are named `<config name>.<dtype>.npz`. The manifest is written last, so a manifest
     always describes complete files. Returns the manifest (a dict).
     """
-    seed = check_positive_int(seed, "seed", minimum=0)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise HaloRefError(f"--out {out} exists and is not a folder; choose a folder path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    SEED.check(seed, "seed")
+    out = Path(check_out_folder(out_dir, "out_dir", flag="out"))
+    names = [f"{c.name}.{dt}.npz" for c in (*configs, *models) for dt in DTYPES] + [MANIFEST]
+    taken = [n for n in names if (out / n).exists()]
+    if taken:
+        more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
         raise HaloRefError(
-            f"cannot create the folder {out} ({exc.strerror}); choose another --out"
-        ) from None
+            f"{arg('out_dir', str(out), flag='out')} already holds golden vectors "
+            f"({', '.join(taken[:3])}{more}); they are never overwritten: choose a new folder, "
+            "or delete them first"
+        )
+    make_folder(out, "out_dir", flag="out")
     entries = []
     for config in (*configs, *models):
         files = {}

@@ -5,6 +5,8 @@ Each case here was once a traceback, a silent acceptance or a wrong result (issu
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from halo_ref.cli.main import main
@@ -46,3 +48,37 @@ def test_a_bad_flag_is_one_line_naming_it_with_status_2(
     assert err.startswith("halo-ref: error: ") and err.count("\n") == 1, err
     assert message in err
     assert out == "" and not list(tmp_path.iterdir())  # refused before any work
+
+
+def _refused(argv, capsys):
+    """Run the CLI, expect status 2 and one line on stderr; returns that line."""
+    assert main([*argv, "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("halo-ref: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_output_folders_that_cannot_hold_the_run_name_the_flag(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    err = _refused(["train", "--out", str(a_file)], capsys)
+    assert f"--out {a_file} is a file, not a folder" in err
+    err = _refused(["train", "--out", str(a_file / "run")], capsys)
+    assert f"--out {a_file / 'run'}: {a_file} is a file" in err
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("best.npz", "metrics.jsonl", "summary.json"):
+        (old / name).write_text(f"an earlier run's {name}")
+    err = _refused(["train", "--out", str(old)], capsys)
+    assert "holds best.npz, metrics.jsonl, summary.json but no checkpoint.npz" in err
+    assert "choose another folder for --out" in err
+    err = _refused(["train", "--out", str(old), "--resume"], capsys)
+    assert "so there is no run to continue" in err
+    assert all((old / n).read_text() == f"an earlier run's {n}" for n in os.listdir(old))
+
+
+def test_a_data_error_leaves_no_empty_output_folder(tmp_path, capsys):
+    err = _refused(
+        ["train", "--dataset", f"npz:{tmp_path / 'no.npz'}", "--out", str(tmp_path / "run")], capsys
+    )
+    assert "--dataset npz:" in err and not (tmp_path / "run").exists()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +125,8 @@ def _params(path):
     return load_checkpoint(str(path))[0]
 
 
-@pytest.mark.parametrize("interrupt_at", [30, 46, 69])  # mid-epoch, first step of epoch 3, last
+# the first step (only the step-0 checkpoint exists), mid-epoch, first step of epoch 3, last
+@pytest.mark.parametrize("interrupt_at", [1, 30, 46, 69])
 def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, interrupt_at):
     run(tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
@@ -151,11 +155,83 @@ def test_a_finished_run_resumes_to_the_same_summary(tmp_path):
 def test_existing_run_is_never_overwritten_or_silently_restarted(tmp_path):
     run(tmp_path, epochs=1)
     before = (tmp_path / "checkpoint.npz").read_bytes()
-    with pytest.raises(HaloRefError, match="already holds a run.*--resume.*another --out"):
+    with pytest.raises(HaloRefError, match="already holds a run.*resume=True.*another folder"):
         run(tmp_path, epochs=1)
     with pytest.raises(HaloRefError, match=r"resume=True: lr=0.5 \(checkpoint: 0.01\).*drop these"):
         run(tmp_path, epochs=1, lr=0.5, resume=True)
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_a_run_is_never_started_over_the_files_of_another_without_a_checkpoint(tmp_path):
+    # once, a folder holding a 98% best.npz, metrics.jsonl and summary.json but no
+    # checkpoint.npz was silently overwritten by a new run
+    run(tmp_path / "old", epochs=1)
+    (tmp_path / "old" / "checkpoint.npz").unlink()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    with pytest.raises(HaloRefError, match=r"holds best.npz, .* but no checkpoint.npz, so a new "
+                       r"run would overwrite them; its best.npz can still be evaluated"):  # fmt: skip
+        run(tmp_path / "old", epochs=1)
+    with pytest.raises(HaloRefError, match="but no checkpoint.npz, so there is no run to continue"):
+        run(tmp_path / "old", epochs=1, resume=True)
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "curves.png").write_bytes(b"any one of a run's files is enough")
+    with pytest.raises(HaloRefError, match="holds curves.png but no checkpoint.npz"):
+        run(tmp_path / "only", epochs=1)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
+
+
+def test_a_new_runs_first_file_is_its_checkpoint_at_step_0(tmp_path):
+    with pytest.raises(KeyboardInterrupt):  # a kill during the first step
+        run(tmp_path, factory=Sabotage(1, "interrupt"))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz"]
+    _, _, meta, _ = load_checkpoint(str(tmp_path / "checkpoint.npz"))
+    assert (meta["epoch"], meta["step"]) == (0, 0)
+    with pytest.raises(HaloRefError, match="already holds a run"):
+        run(tmp_path)
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot write in. chmod stops everyone but root; as root (CI here
+    runs as root), sysfs refuses new files to anyone."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys/fs")):
+        try:
+            with tempfile.TemporaryFile(dir=candidate):
+                pass
+        except OSError:
+            yield candidate
+            break
+    else:
+        pytest.skip("no folder here refuses writing")
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["file", "under a file", "unwritable", "under unwritable"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path, where, unwritable
+):
+    # once tracebacks, the unwritable one only after a whole epoch of training
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    out, message = {
+        "file": (a_file, "is a file, not a folder"),
+        "under a file": (a_file / "run", "is a file, so no folder can be made under it"),
+        "unwritable": (unwritable, "cannot write in"),
+        "under unwritable": (unwritable / "run", "cannot write in"),
+    }[where]
+    started = Sabotage(1, "nan")  # counts the training steps (a first one would diverge)
+    with pytest.raises(HaloRefError, match=f"^out='{re.escape(str(out))}'.* {message}"):
+        run(out, factory=started)
+    assert started.calls == 0 and a_file.read_text() == "not a folder"
+
+
+def test_a_data_error_leaves_no_output_folder_behind(tmp_path):
+    with pytest.raises(HaloRefError, match="no such file"):
+        run(tmp_path / "run", dataset=f"npz:{tmp_path / 'missing.npz'}")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "foreign", "garbage"])
@@ -189,7 +265,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert "last good checkpoint is" in str(e.value) and "(epoch 1, step 30)" in str(e.value)
     params = _params(tmp_path / "checkpoint.npz")
     assert all(np.isfinite(v).all() for v in params.values())
-    with pytest.raises(TrainingDiverged, match="at step 2 .*no checkpoint was written yet"):
+    with pytest.raises(TrainingDiverged, match="at step 2 .*no step was saved yet"):
         run(tmp_path / "early", factory=Sabotage(3, "nan"))
 
 

@@ -229,6 +229,16 @@ def test_bad_folders_give_one_line_errors(tmp_path):
         load_vectors(tmp_path)
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(HaloRefError, match="exists and is not a folder"):
+    with pytest.raises(HaloRefError, match="out_dir=.* is a file, not a folder"):
         write_vectors(a_file)
     assert main(["vectors", "--out", str(a_file)]) == 2
+
+
+def test_vectors_already_written_are_never_overwritten(tmp_path, capsys):
+    write_vectors(tmp_path, configs=ONE_CONFIG, models=())
+    (tmp_path / MANIFEST).write_text("{}")  # stands for vectors made by another version
+    with pytest.raises(HaloRefError, match=r"already holds golden vectors \(.*manifest.json\)"):
+        write_vectors(tmp_path, configs=ONE_CONFIG, models=())
+    assert main(["vectors", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} already holds golden vectors" in capsys.readouterr().err
+    assert (tmp_path / MANIFEST).read_text() == "{}"
