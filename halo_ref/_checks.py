@@ -179,7 +179,7 @@ def check_feature_map(
         )
     if finite and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
-        raise HaloRefError(
+        raise NonFiniteError(
             f"{owner}: {name} contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
             "check the data or the previous layer"
         )

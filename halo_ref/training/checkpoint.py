@@ -118,7 +118,7 @@ class RunFolder:
             return "no checkpoint was written yet"
         meta = load_checkpoint(self.checkpoint)[2]
         if meta["step"] == 0:
-            return "no step was saved yet (checkpoint.npz holds the run before its first step)"
+            return "no step had been saved yet"
         return (
             f"the last good checkpoint is {self.checkpoint} (epoch {meta['epoch']}, step "
             f"{meta['step']})"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .._checks import HaloRefError, arg, check_out_folder
+from .._checks import HaloRefError, NonFiniteError, arg, check_out_folder
 from ..attention.layer import HaloAttention
 from ..backend import resolve, warm_up
 from ..models import halonet
@@ -41,7 +41,8 @@ from .state import RunState
 
 
 class TrainingDiverged(HaloRefError):
-    """The loss or the gradients became NaN or infinite; the run stopped without saving."""
+    """The loss, the gradients, the activations, the parameters or the evaluation loss became
+    NaN or infinite; the run stopped without saving, so every checkpoint it left is finite."""
 
 
 def train(
@@ -119,34 +120,61 @@ class _Run:
         self.folder.save(path, self.model, self.optimizer, meta, order)
 
 
+# A non-finite value is found and reported with its step (`_diverged`); NumPy's overflow
+# warnings on the way would only print lines of noise before that one-line error.
+_QUIET = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+@_QUIET
 def _step(run: _Run, lr: float) -> None:
-    """One optimiser step on the next batch of the epoch's order. A non-finite loss or gradient
-    norm raises `TrainingDiverged` before the step, so no checkpoint ever holds it."""
+    """One optimiser step on the next batch of the epoch's order. A non-finite activation,
+    loss, gradient norm or updated parameter raises `TrainingDiverged` before anything is
+    saved, so no checkpoint ever holds one."""
     cfg, state, model = run.cfg, run.state, run.model
     fwd_loss, bwd_loss = run.loss_fns
     t0 = time.perf_counter()
     idx = state.batch_indices(cfg.batch_size)
     x = augment(run.batcher(run.data.x_train[idx]), state.rng, crop_pad=cfg.crop_pad, flip=cfg.flip)
     y = run.data.y_train[idx]
-    logits = model.forward(x)
+    try:
+        logits = model.forward(x)
+    except NonFiniteError:  # the data are finite: the weights made the activations overflow
+        raise _diverged(run, "the forward pass gave NaN or inf activations") from None
     loss, cache = fwd_loss(logits, y, label_smoothing=cfg.label_smoothing)
-    bad = None if math.isfinite(float(loss)) else f"loss is {float(loss)}"
-    if bad is None:
-        model.zero_grad()
-        model.backward(bwd_loss(cache))
-        norm = clip_grad_norm(model.grads, cfg.clip_grad)
-        bad = None if math.isfinite(norm) else f"gradient norm is {norm}"
-    if bad is not None:
-        raise TrainingDiverged(
-            f"{bad} at step {state.step} (epoch {state.epoch + 1}, batch {state.batch + 1}); "
-            f"stopped without saving: {run.folder.last_good()}. Lower --lr or --clip-grad and "
-            "start anew"
-        )
+    if not math.isfinite(float(loss)):
+        raise _diverged(run, f"the loss is {float(loss)}")
+    model.zero_grad()
+    model.backward(bwd_loss(cache))
+    norm = clip_grad_norm(model.grads, cfg.clip_grad)
+    if not math.isfinite(norm):
+        raise _diverged(run, f"the gradient norm is {norm}")
     run.optimizer.step(model.grads, lr)
+    if not all(np.isfinite(p).all() for p in model.params.values()):
+        raise _diverged(run, f"the update (learning rate {lr:g}) made parameters NaN or inf")
     seconds = time.perf_counter() - t0
     state.record_step(float(loss), int((logits.argmax(axis=1) == y).sum()), len(y), seconds)
 
 
+def _diverged(run: _Run, what: str, *, epoch_end: bool = False) -> TrainingDiverged:
+    """The error that stops a diverged run: where (1-based step, epoch and batch), what, the
+    last checkpoint it can be taken up from, and what to change."""
+    cfg, state = run.cfg, run.state
+    where = (
+        f"at the end of epoch {state.epoch + 1}" if epoch_end else
+        f"at step {state.step + 1} (epoch {state.epoch + 1}, batch {state.batch + 1} of "
+        f"{run.steps_per_epoch})"
+    )  # fmt: skip
+    if cfg.clip_grad > 0:
+        fix = f"lower {arg('lr')} (now {cfg.lr:g}) or {arg('clip_grad')} (now {cfg.clip_grad:g})"
+    else:  # clipping is off: lowering it is no advice
+        fix = f"lower {arg('lr')} (now {cfg.lr:g}) or clip the gradients ({arg('clip_grad', 5)})"
+    return TrainingDiverged(
+        f"training diverged {where}: {what}; stopped before saving; {run.folder.last_good()}; "
+        f"{fix}, and start again in another folder ({arg('out')})"
+    )
+
+
+@_QUIET
 def _end_epoch(run: _Run, lr: float, log) -> None:
     """Evaluate the model on the evaluation split (the test images, or those held out by
     --val-split), record the epoch and write its files: best.npz when the accuracy improved,
@@ -155,10 +183,17 @@ def _end_epoch(run: _Run, lr: float, log) -> None:
     cfg, state = run.cfg, run.state
     t0 = time.perf_counter()
     data, split = run.data, run.data.eval_split
-    loss, acc = evaluate(
-        run.model, run.batcher, data.x_test, data.y_test, loss_fns=run.loss_fns,
-        batch_size=cfg.eval_batch_size,
-    )  # fmt: skip
+    try:
+        loss, acc = evaluate(
+            run.model, run.batcher, data.x_test, data.y_test, loss_fns=run.loss_fns,
+            batch_size=cfg.eval_batch_size,
+        )  # fmt: skip
+    except NonFiniteError:
+        raise _diverged(
+            run, f"the {split} images gave NaN or inf activations", epoch_end=True
+        ) from None
+    if not math.isfinite(loss):  # a checkpoint is kept only if its losses are finite
+        raise _diverged(run, f"the {split} loss is {loss}", epoch_end=True)
     improved = state.end_epoch(loss, acc, lr, time.perf_counter() - t0, split=split)
     h = state.history[-1]
     log(

@@ -5,11 +5,14 @@ Each case here was once a traceback, a silent acceptance or a wrong result (issu
 
 from __future__ import annotations
 
+import math
 import os
+import re
 
 import pytest
 
 from halo_ref.cli.main import main
+from halo_ref.training.checkpoint import load_checkpoint
 
 BAD_FLAGS = [
     (["train", "--lr", "inf"], "argument --lr: must be a finite number > 0, got 'inf'"),
@@ -82,3 +85,30 @@ def test_a_data_error_leaves_no_empty_output_folder(tmp_path, capsys):
         ["train", "--dataset", f"npz:{tmp_path / 'no.npz'}", "--out", str(tmp_path / "run")], capsys
     )
     assert "--dataset npz:" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected, clip_advice",
+    [
+        # once "HaloAttention.forward: x contains NaN or inf ... check the data", no step
+        (["--lr", "1e30"], r"training diverged at step 2 \(epoch 1, batch 2 of 23\): the forward "
+         r"pass gave NaN or inf activations; .*no step had been saved yet", "or --clip-grad (now 5)"),
+        # once offered a "last good checkpoint" with a NaN test loss, and "lower --clip-grad"
+        # with clipping off
+        (["--lr", "10", "--optimizer", "sgd", "--clip-grad", "0"], r"training diverged at step "
+         r"\d+ \(epoch [23], batch \d+ of 23\): .*the last good checkpoint is .* \(epoch [12], step "
+         r"\d+\)",
+         "or clip the gradients (--clip-grad 5)"),
+    ],
+)  # fmt: skip
+def test_divergence_names_the_step_and_keeps_only_finite_checkpoints(
+    flags, expected, clip_advice, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main(["train", *flags, "--epochs", "3", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(expected, err), err
+    assert clip_advice in err and err.count("clip-grad") == 1
+    _, _, meta, _ = load_checkpoint(str(out / "checkpoint.npz"))
+    losses = [h[k] for h in meta["history"] for k in ("train_loss", "test_loss")]
+    assert all(math.isfinite(v) for v in losses)

@@ -57,6 +57,14 @@ def config(out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+def small_digits(n_train, n_test):
+    """The first images of the bundled digits: a run of the micro HaloNet in seconds."""
+    d = load_digits()
+    d.x_train, d.y_train = d.x_train[:n_train], d.y_train[:n_train]
+    d.x_test, d.y_test = d.x_test[:n_test], d.y_test[:n_test]
+    return d
+
+
 def run(out, factory=standin_factory, **kw):
     return train(config(out, **kw), model_factory=factory, progress=False, log=lambda s: None)
 
@@ -257,16 +265,71 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path, damage):
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    # call 33 is step 32 (0-based): epoch 2, batch 10; the last save was at step 30 (every 5)
+    # call 33 is step 33: epoch 2, batch 10; the last save was at step 30 (every 5)
     with pytest.raises(
-        TrainingDiverged, match=r"loss is nan at step 32 \(epoch 2, batch 10\)"
+        TrainingDiverged,
+        match=r"^training diverged at step 33 \(epoch 2, batch 10 of 23\): the loss is nan; ",
     ) as e:
         run(tmp_path, factory=Sabotage(33, "nan"))
     assert "last good checkpoint is" in str(e.value) and "(epoch 1, step 30)" in str(e.value)
+    assert "lower lr (now 0.01) or clip_grad (now 5)" in str(e.value)
     params = _params(tmp_path / "checkpoint.npz")
     assert all(np.isfinite(v).all() for v in params.values())
-    with pytest.raises(TrainingDiverged, match="at step 2 .*no step was saved yet"):
+    with pytest.raises(TrainingDiverged, match="at step 3 .*no step had been saved yet"):
         run(tmp_path / "early", factory=Sabotage(3, "nan"))
+
+
+def test_with_clipping_off_divergence_does_not_advise_lowering_it(tmp_path):
+    with pytest.raises(TrainingDiverged) as e:
+        run(tmp_path, factory=Sabotage(3, "nan"), clip_grad=0.0)
+    assert "lower lr (now 0.01) or clip the gradients (clip_grad=5)" in str(e.value)
+    assert "clip_grad (now" not in str(e.value)
+
+
+def test_an_update_that_overflows_the_parameters_is_divergence(tmp_path):
+    def factory(*args, **kwargs):  # finite but huge gradients: the update itself overflows
+        model = standin_factory(*args, **kwargs)
+        backward = model.backward
+
+        def huge(dout):
+            dx = backward(dout)
+            for g in model._grads.values():
+                g *= np.float32(1e15)  # squares stay finite in float32: the norm is finite
+            return dx
+
+        model.backward = huge
+        return model
+
+    with pytest.raises(TrainingDiverged, match=r"at step 1 .*: the update \(learning rate "
+                       r"[^)]*\) made parameters NaN or inf"):  # fmt: skip
+        run(tmp_path, factory=factory, clip_grad=0.0, lr=1e30, warmup_epochs=0.0)
+
+
+def test_a_non_finite_evaluation_loss_is_divergence_and_saves_nothing(tmp_path):
+    # once, the "last good checkpoint" offered after a divergence had a NaN test loss
+    def factory(*args, **kwargs):
+        model = standin_factory(*args, **kwargs)
+        forward = model.forward
+        model.forward = lambda x: forward(x) if model.training else forward(x) * np.nan
+        return model
+
+    with pytest.raises(TrainingDiverged, match=r"at the end of epoch 1: the test loss is nan; .*"
+                       r"the last good checkpoint is .* \(epoch 0, step 20\)"):  # fmt: skip
+        run(tmp_path, factory=factory)
+    assert not (tmp_path / "best.npz").exists() and not (tmp_path / "metrics.jsonl").exists()
+    _, _, meta, _ = load_checkpoint(str(tmp_path / "checkpoint.npz"))
+    assert meta["step"] == 20 and meta["history"] == []
+
+
+def test_weights_that_overflow_the_activations_stop_the_run_naming_the_step(tmp_path):
+    # micro at lr 1e30: the first update leaves finite but enormous weights, and the second
+    # forward overflows inside the network. This once read "HaloAttention.forward: x contains
+    # NaN or inf ... check the data", naming no step.
+    d = small_digits(96, 32)
+    cfg = config(tmp_path, epochs=1, batch_size=32, lr=1e30, warmup_epochs=0.0)
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at step \d \(epoch 1, batch "
+                       r"\d of 3\): the forward pass gave NaN or inf activations; "):  # fmt: skip
+        train(cfg, model_factory=halonet, dataset=d, progress=False, log=lambda s: None)
 
 
 def test_images_the_model_cannot_block_are_padded_with_a_notice(tmp_path):
@@ -286,13 +349,7 @@ def test_sgd_with_nesterov_and_label_smoothing_also_train(tmp_path):
 
 def test_resume_is_bit_identical_with_the_micro_halonet_too(tmp_path):
     # the HaloNet has BatchNorm running statistics (buffers): they must survive a resume too
-    d = load_digits()
-    d.x_train, d.y_train, d.x_test, d.y_test = (
-        d.x_train[:192],
-        d.y_train[:192],
-        d.x_test[:64],
-        d.y_test[:64],
-    )
+    d = small_digits(192, 64)
 
     def go(out, factory, **kw):
         cfg = config(out, epochs=2, batch_size=32, lr=2e-3, checkpoint_every=4, **kw)
@@ -337,7 +394,7 @@ def test_non_finite_gradient_also_stops_the_run(tmp_path):
         return model
 
     with pytest.raises(
-        TrainingDiverged, match=r"gradient norm is inf at step 7 \(epoch 1, batch 8\)"
+        TrainingDiverged, match=r"at step 8 \(epoch 1, batch 8 of 23\): the gradient norm is inf"
     ):
         run(tmp_path, factory=factory)
     _, _, meta, _ = load_checkpoint(str(tmp_path / "checkpoint.npz"))
