@@ -33,6 +33,7 @@ from .config import (
 )
 from .data import Dataset, dataset_kind, load_dataset, split_validation
 from .data.augment import augment, channel_stats, padded_size
+from .data.dataset import check_classes
 from .data.splits import VAL_SPLIT_SEED
 from .evaluate import Batcher, evaluate
 from .optim import Optimizer, clip_grad_norm, cosine_lr, make_optimizer
@@ -252,6 +253,7 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
     dtype = np.dtype(cfg.dtype)
     data = dataset if dataset is not None else load_dataset(cfg.dataset, data_dir=cfg.data_dir,
                                                             download=cfg.download)  # fmt: skip
+    class_notes = check_classes(data, cfg.dataset)
     if cfg.val_split:
         data = split_validation(data, cfg.val_split)  # the evaluation split is held out now
     H, W, C = data.image_shape
@@ -288,7 +290,7 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
         optimizer.load_state_dict(optim_state)
         state = RunState.resume(cfg.seed, meta, order)
         log(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
-    for note in data.notes:
+    for note in [*data.notes, *class_notes]:
         log(f"note: {note}")
     if (Hp, Wp) != (H, W):
         log(

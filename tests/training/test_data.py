@@ -20,6 +20,7 @@ from strategies import augment_cases
 from halo_ref import HaloRefError
 from halo_ref.training.data import cifar10, load_dataset, load_digits
 from halo_ref.training.data.augment import augment, channel_stats, normalise, pad_to_multiple
+from halo_ref.training.data.dataset import check_classes
 from halo_ref.training.data.npz import load_npz
 
 # -- the bundled digits ----------------------------------------------------------------------
@@ -35,6 +36,40 @@ def test_digits_are_the_uci_set_with_a_stratified_split():
     # stratified: each class has 20% (rounded) of its images in the test split
     test_counts = np.bincount(d.y_test, minlength=10)
     assert np.all(np.abs(test_counts - 0.2 * counts) <= 0.5)
+
+
+def _with_labels(y_train, y_test=None):
+    d = load_digits()
+    d.y_train = np.asarray(y_train, np.int64)
+    d.y_test = d.y_test if y_test is None else np.asarray(y_test, np.int64)
+    d.num_classes = int(max(d.y_train.max(), d.y_test.max())) + 1  # as load_npz infers it
+    return d
+
+
+def test_labels_that_leave_classes_out_or_look_stray_get_a_notice():
+    # once these built an 11-class model silently: a stray label 10, labels 1..10
+    d = load_digits()
+    assert check_classes(d, "digits") == []  # every class present, none rare
+    y = d.y_train.copy()
+    y[5] = 10
+    (note,) = check_classes(_with_labels(y), "npz:x")
+    assert note.startswith("few training images (class 10: 1) against a median of 144")
+    assert "The model has 11 outputs, classes 0..10" in note
+    (note,) = check_classes(_with_labels(d.y_train + 1, d.y_test + 1), "npz:x")
+    assert note.startswith("no training images of class 0: the model's 11 outputs")
+    assert note.endswith("if the labels are 1-based, subtract 1")
+    y = np.where(d.y_train == 3, 4, d.y_train)
+    (note,) = check_classes(_with_labels(y), "npz:x")
+    assert note.startswith("no training images of class 3: the model's 10 outputs")
+    assert "1-based" not in note
+
+
+def test_a_training_set_of_one_class_is_refused():
+    # once trained happily and reported 100% test accuracy
+    d = _with_labels(np.full(1438, 3), np.full(359, 3))
+    with pytest.raises(HaloRefError, match=r"dataset='npz:x': all 1438 training images have "
+                       r"label 3; a classifier needs images of at least 2 classes"):  # fmt: skip
+        check_classes(d, "npz:x")
 
 
 def test_load_dataset_names_the_choices_for_an_unknown_name():

@@ -332,6 +332,18 @@ def test_weights_that_overflow_the_activations_stop_the_run_naming_the_step(tmp_
         train(cfg, model_factory=halonet, dataset=d, progress=False, log=lambda s: None)
 
 
+def test_label_notices_are_logged_and_one_class_is_refused_before_the_folder_is_made(tmp_path):
+    d, lines = load_digits(), []
+    d.y_train, d.y_test, d.num_classes = d.y_train + 1, d.y_test + 1, 11  # 1-based labels
+    train(config(tmp_path / "a", epochs=1), model_factory=standin_factory, dataset=d,
+          progress=False, log=lines.append)  # fmt: skip
+    assert any(s.startswith("note: no training images of class 0") for s in lines)
+    d.y_train, d.y_test = np.ones_like(d.y_train), np.ones_like(d.y_test)
+    with pytest.raises(HaloRefError, match="a classifier needs images of at least 2 classes"):
+        train(config(tmp_path / "b"), model_factory=standin_factory, dataset=d, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
 def test_images_the_model_cannot_block_are_padded_with_a_notice(tmp_path):
     lines = []
 
