@@ -160,6 +160,8 @@ API_GROUPS = [
         "halo_ref.verification.vectors", "halo_ref.verification.verify",
         "halo_ref.verification.adapters", "halo_ref.verification.torch_side"]),
     ("Pictures", ["halo_ref.viz"]),
+    ("Exercises", ["halo_ref.exercises", "halo_ref.exercises.grading",
+                   "halo_ref.exercises.solutions"]),
     ("Command line", ["halo_ref.cli", "halo_ref.cli.main"]),
 ]  # fmt: skip
 

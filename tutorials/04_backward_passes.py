@@ -14,7 +14,8 @@ out: ``dx_i = sum_j dy_j * dy_j/dx_i``.
 
 *Prerequisites:* :doc:`01_blocks_and_halos` (why the gather's backward is a scatter-add),
 :doc:`02_relative_positions`, and the chain rule. Every formula used here is derived with all
-its indices on the :doc:`../derivations` page.
+its indices on the :doc:`../derivations` page; ``halo-ref exercises DIR`` (the
+:doc:`../exercises` page) has you write these backward passes yourself, graded by halo_ref.
 """
 
 # %%

@@ -119,6 +119,41 @@ def _properties(config: dict) -> dict[str, bool]:
     }
 
 
+def diagnose(properties: dict, failed: set) -> str:
+    """The sentence naming what the failing cases have in common (the pinpointing sentence).
+
+    properties: case -> {property name: bool}, for every case that ran (each case the same
+    property names); failed: the cases that failed, a non-empty proper subset. Finds a property,
+    else a pair of properties, whose cases are exactly the failing ones; else lists those that
+    every failing case has and some passing case lacks. Used for the golden vectors here and for
+    the graded exercises (`halo_ref.exercises`).
+    """
+    props = properties
+    names = list(next(iter(props.values())))
+    exact = [p for p in names if {key for key, v in props.items() if v[p]} == failed]
+    if exact:
+        return "the failures are exactly the configurations with " + " / ".join(exact)
+    # a bug can need two conditions (a masking slip shows only where there is padding)
+    pairs = [
+        f"{a} and {b}"
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if {key for key, v in props.items() if v[a] and v[b]} == failed
+    ]
+    if pairs:
+        return "the failures are exactly the configurations with " + " / ".join(pairs)
+    common = [
+        p
+        for p in names
+        if all(props[key][p] for key in failed)
+        and any(props[key][p] for key in props if key not in failed)
+    ]
+    text = f"{len(failed)} of {len(props)} applicable configurations fail"
+    if common:
+        text += "; every failing configuration has " + ", ".join(common)
+    return text
+
+
 @dataclass
 class Report:
     """All results of one verification run; `passed` is the exit criterion."""
@@ -205,29 +240,7 @@ class Report:
         failed = {key for key in failed if key in props}
         if not failed:
             return "only whole-model vectors fail: the layer passes, look outside the attention"
-        names = list(next(iter(props.values())))
-        exact = [p for p in names if {key for key, v in props.items() if v[p]} == failed]
-        if exact:
-            return "the failures are exactly the configurations with " + " / ".join(exact)
-        # a bug can need two conditions (a masking slip shows only where there is padding)
-        pairs = [
-            f"{a} and {b}"
-            for i, a in enumerate(names)
-            for b in names[i + 1 :]
-            if {key for key, v in props.items() if v[a] and v[b]} == failed
-        ]
-        if pairs:
-            return "the failures are exactly the configurations with " + " / ".join(pairs)
-        common = [
-            p
-            for p in next(iter(props.values()))
-            if all(props[key][p] for key in failed)
-            and any(props[key][p] for key in props if key not in failed)
-        ]
-        text = f"{len(failed)} of {len(applicable)} applicable vectors fail"
-        if common:
-            text += "; every failing configuration has " + ", ".join(common)
-        return text
+        return diagnose(props, failed)
 
     def summary(self) -> str:
         n_app, n_fail = len(self.applicable), len(self.failed)
