@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
+import numba
 import numpy as np
 
+from .. import __version__
 from .._atomic import atomic_write
 from .._checks import HaloRefError, make_folder, read_npz
 from ..viz import plot_training_curves, save_figure
@@ -32,6 +35,20 @@ from ..viz import plot_training_curves, save_figure
 CHECKPOINT_FORMAT = "halo_ref.checkpoint"
 CHECKPOINT_VERSION = 1
 OUTPUT_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png", "summary.json")
+
+
+def environment(threads: int) -> dict:
+    """What a run's results depend on besides its configuration: the versions of halo_ref,
+    NumPy, Numba and Python, the threads the kernels used and Numba's threading layer (None
+    before any parallel kernel ran). Checkpoints and summary.json record it."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet in this process
+        layer = None
+    return {
+        "halo_ref": __version__, "numpy": np.__version__, "numba": numba.__version__,
+        "python": platform.python_version(), "threads": threads, "threading_layer": layer,
+    }  # fmt: skip
 
 
 def save_checkpoint(

@@ -147,16 +147,31 @@ def merge_resumed(cfg: TrainConfig, saved: dict, path: str) -> TrainConfig:
     return TrainConfig(**merged)
 
 
-def set_threads(n: int | None) -> int | None:
-    """Give the Numba kernels n threads (None: Numba's default, all cores) and OpenBLAS one.
+def set_threads(n: int | None) -> int:
+    """Give the Numba kernels n threads (None: leave Numba's setting, all cores unless
+    `numba.set_num_threads` was called) and OpenBLAS one; returns the number of threads the
+    kernels will use.
 
+    Numba cannot start more threads than its pool (NUMBA_NUM_THREADS, by default the cores it
+    found), so a larger n is capped: the caller compares the result with n to say so.
     halo_ref parallelises in Numba's threads, and its kernels call BLAS from inside them; BLAS
     threads of its own would nest inside Numba's and oversubscribe the cores. Measured on 2
     cores: a training step of the tiny HaloNet at batch 64 took 0.49 s with 2 OpenBLAS threads
-    and 0.24 s with 1. Changes this process only (set once, at the start of a run). Returns n.
+    and 0.24 s with 1. Changes this process only (set once, at the start of a run).
     """
     if n is not None:
         COUNT.check(n, "threads")
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     set_blas_threads(1)
-    return n
+    return numba.get_num_threads()
+
+
+def threads_note(asked: int | None, used: int) -> str | None:
+    """The notice for a thread count that was capped, or None."""
+    if asked is None or asked <= used:
+        return None
+    return (
+        f"{arg('threads', asked)} is more than the {used} threads Numba can start here "
+        f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, by default the cores it found); "
+        f"using {used}"
+    )

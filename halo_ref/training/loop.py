@@ -22,7 +22,7 @@ from ..attention.layer import HaloAttention
 from ..backend import resolve, warm_up
 from ..models import halonet
 from ..nn.functional import cross_entropy_backward, cross_entropy_forward
-from .checkpoint import RunFolder, load_checkpoint
+from .checkpoint import RunFolder, environment, load_checkpoint
 from .config import (
     TrainConfig,
     check_config,
@@ -30,6 +30,7 @@ from .config import (
     merge_resumed,
     resolve_config,
     set_threads,
+    threads_note,
 )
 from .data import Dataset, dataset_kind, load_dataset, split_validation
 from .data.augment import augment, channel_stats, padded_size
@@ -91,7 +92,7 @@ def train(
 class _Run:
     """Everything a run works with, built once by `_prepare`."""
 
-    cfg: TrainConfig  # resolved: no None left but `threads`
+    cfg: TrainConfig  # resolved: no None left; `threads` is the count the kernels use
     folder: RunFolder
     state: RunState
     data: Dataset
@@ -116,7 +117,8 @@ class _Run:
 
     def save(self, path: str, *, within_epoch: bool) -> None:
         """A checkpoint at `path`; within an epoch it keeps the epoch's order of images."""
-        meta = {"config": dataclasses.asdict(self.cfg), **self.state.meta(), **self.info}
+        meta = {"config": dataclasses.asdict(self.cfg), **self.state.meta(), **self.info,
+                "environment": environment(self.cfg.threads)}  # fmt: skip
         order = self.state.order if within_epoch else None
         self.folder.save(path, self.model, self.optimizer, meta, order)
 
@@ -221,6 +223,7 @@ def _finish(run: _Run, log) -> dict:
         "epochs": len(state.history), "steps": state.step, "train_seconds": state.elapsed,
         "images_per_second_median": float(np.median(rates)), "parameters": _count(run.model),
         "input_hw": run.input_hw, "config": dataclasses.asdict(cfg),
+        "environment": environment(cfg.threads),
     }  # fmt: skip
     run.folder.write_summary(summary)
     word = "validation" if split == "val" else "test"
@@ -249,16 +252,24 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
     check_config(cfg)
     folder = RunFolder(check_out_folder(cfg.out if cfg.out is not None else default_out(cfg)))
     cfg, resumed = _open(cfg, folder, log)
-    set_threads(cfg.threads)
+    threads = set_threads(cfg.threads)
+    notes = [note] if (note := threads_note(cfg.threads, threads)) else []
+    saved = resumed[2]["config"].get("threads") if resumed is not None else None
+    if saved not in (None, threads):  # sums may be cut differently: say so, do not refuse
+        notes.append(
+            f"the checkpoint was trained with {saved} threads and this session uses {threads}: "
+            f"the result may differ from an uninterrupted run in the last bits (pass "
+            f"{arg('threads', saved)} to match it)"
+        )
     dtype = np.dtype(cfg.dtype)
     data = dataset if dataset is not None else load_dataset(cfg.dataset, data_dir=cfg.data_dir,
                                                             download=cfg.download)  # fmt: skip
-    class_notes = check_classes(data, cfg.dataset)
+    notes += check_classes(data, cfg.dataset)
     if cfg.val_split:
         data = split_validation(data, cfg.val_split)  # the evaluation split is held out now
     H, W, C = data.image_shape
     recipe, why = choose_recipe(dataset_kind(cfg.dataset), data.image_shape, cfg.recipe)
-    cfg = resolve_config(cfg, recipe)
+    cfg = dataclasses.replace(resolve_config(cfg, recipe), threads=threads)  # the threads used
     model = model_factory(
         cfg.model, num_classes=data.num_classes, in_chans=C, dtype=dtype, rng=cfg.seed
     )
@@ -290,7 +301,7 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
         optimizer.load_state_dict(optim_state)
         state = RunState.resume(cfg.seed, meta, order)
         log(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
-    for note in [*data.notes, *class_notes]:
+    for note in [*data.notes, *notes]:
         log(f"note: {note}")
     if (Hp, Wp) != (H, W):
         log(

@@ -10,14 +10,17 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import re
 import tempfile
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from helpers import StandIn, standin_factory
 
+import halo_ref
 from halo_ref import HaloRefError
 from halo_ref.models import halonet
 from halo_ref.training.checkpoint import load_checkpoint
@@ -342,6 +345,43 @@ def test_label_notices_are_logged_and_one_class_is_refused_before_the_folder_is_
     with pytest.raises(HaloRefError, match="a classifier needs images of at least 2 classes"):
         train(config(tmp_path / "b"), model_factory=standin_factory, dataset=d, progress=False)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture
+def numba_threads():
+    """Numba's thread count, restored after the test (set_threads changes the process's)."""
+    before = numba.get_num_threads()
+    yield numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(before)
+
+
+def test_runs_record_the_threads_used_and_the_versions(tmp_path, numba_threads):
+    # --threads 64 on 2 cores was capped silently while summary.json recorded 64
+    lines = []
+    summary = train(config(tmp_path, epochs=1, threads=1000), model_factory=standin_factory,
+                    progress=False, log=lines.append)  # fmt: skip
+    assert f"note: threads=1000 is more than the {numba_threads} threads Numba can start" in (
+        "\n".join(lines)
+    )
+    env = summary["environment"]
+    assert summary["config"]["threads"] == env["threads"] == numba_threads
+    assert env["halo_ref"] == halo_ref.__version__ and env["numpy"] == np.__version__
+    assert env["numba"] == numba.__version__ and env["python"] == platform.python_version()
+    for name in ("checkpoint.npz", "best.npz"):
+        _, _, meta, _ = load_checkpoint(str(tmp_path / name))
+        assert meta["environment"]["threads"] == meta["config"]["threads"] == numba_threads
+        assert meta["environment"]["numba"] == numba.__version__
+
+
+def test_resuming_with_another_thread_count_says_so(tmp_path, numba_threads):
+    if numba_threads < 2:
+        pytest.skip("needs 2 threads")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, factory=Sabotage(30, "interrupt"), threads=1)
+    lines = []
+    train(config(tmp_path, threads=2, resume=True), model_factory=standin_factory,
+          progress=False, log=lines.append)  # fmt: skip
+    assert any("trained with 1 threads and this session uses 2" in s for s in lines)
 
 
 def test_images_the_model_cannot_block_are_padded_with_a_notice(tmp_path):
