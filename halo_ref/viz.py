@@ -397,7 +397,7 @@ def plot_training_curves(history, *, axes=None, title=None):
     if "epoch" not in history:
         raise HaloRefError("plot_training_curves: history needs an 'epoch' entry")
     if axes is None:
-        _, axes = _plt().subplots(1, 2, figsize=(9, 3.5), layout="constrained")
+        _, axes = _plt().subplots(1, 2, figsize=(7, 3.2), layout="constrained")
     ax_loss, ax_acc = axes
     epoch = np.asarray(history["epoch"])
     styles = {

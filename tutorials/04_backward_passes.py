@@ -191,7 +191,8 @@ bad = rel_grads(relpos_backward_swapped)["height_rel"]
 assert np.max(np.abs(good - numeric)) < 1e-6 * np.max(np.abs(numeric))
 
 fig, axes = plt.subplots(2, 2, figsize=(6.8, 6.6), layout="constrained")
-lim = np.max(np.abs(numeric))  # one colour scale for all four panels: they are compared
+# one colour scale for all four panels (they are compared), wide enough that none is clipped
+lim = max(np.max(np.abs(numeric)), np.max(np.abs(bad)), np.max(np.abs(bad - numeric)))
 panels = [
     (numeric, "finite differences"),
     (good, "hand-written (correct)"),
@@ -238,7 +239,7 @@ ax.axhline(1e-7, color="black", ls="--", lw=1.2, label="tolerance rtol = 1e-7")
 ax.set_yscale("log")
 ax.set_xticks(pos, names)
 ax.set_ylabel("relative error")
-ax.legend(loc="center left")
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3, fontsize=9)
 ax.set_title("Gradient check of the attention core: correct versus planted bug")
 
 # %%

@@ -187,7 +187,8 @@ fig.suptitle(f"{name}: one query's {win}x{win} window, padding ring hatched")
 # ----------------------------
 # Every query of a block reads the same ``win x win`` keys (the window gathered once), but each
 # has its own weights: the block's attention is a ``(b^2, win^2)`` matrix per head. Four queries
-# of an interior block of the horse photograph, head 0, on one colour scale.
+# of the bottom-left block of the horse photograph (on a ``16 x 16`` map with ``b = 8`` every
+# block touches the border), head 0, on one colour scale.
 k_photo, head = shown[1], 0
 block2 = (H // b - 1, 0) if H // b > 1 else (0, 0)
 blk2 = block2[0] * nb + block2[1]
@@ -208,7 +209,7 @@ fig.suptitle(
 # ---------------------------
 # A logit is a content part, ``scale * q . k`` (what the key holds), plus a position part,
 # ``q . R^H + q . R^W`` (where the key sits relative to the query, tutorial 2). For one query
-# (head 0, the horse, the first query of the last panel) we draw both parts and their sum on
+# (head 0, the horse, the query of the last panel above) we draw both parts and their sum on
 # one colour scale, and the softmax weight beside them. Zero keys on the padding have content
 # logit 0: their logit is their position part alone.
 r, c = picks[-1]
@@ -232,30 +233,45 @@ fig.suptitle("One query's logits: content plus position")
 # %%
 # The learned position tables
 # ---------------------------
-# The tables started as small random numbers (truncated normal, std ``d^-1/2``); training moved
-# them. For every query of every photograph and block we take the mean of its position
-# logit for each *geometric* offset (key row minus query row, tutorial 2), with the trained
-# tables and with their initial values (the queries are the trained ones in both). Rows of the
-# tables that no query of this layer uses (offsets beyond the window) are left out.
+# The tables started as small random numbers (truncated normal, std ``d^-1/2``) and training
+# moved them. Top: the height table, one row per offset and one column per channel, before and
+# after training, on one colour scale; the rows no query of this layer reads (offsets beyond
+# the window, tutorial 2) are greyed out: only weight decay moved them. Bottom: what the tables
+# do to attention, the mean position logit a key receives for each *geometric* offset (key row
+# minus query row, or column), over every query of every photograph; with the trained tables
+# and with their initial values (the queries are the trained ones in both).
 init = initial_tables()
 offsets = np.arange(2 * win - 1) - (win - 1) - h  # the geometric offset of each table row
 used = (offsets >= -(b - 1) - h) & (offsets <= b - 1 + h)
 qs = q_blocks.reshape(-1, d)
-fig, axes = plt.subplots(1, 2, figsize=(7, 3.6), layout="constrained", sharey=True)
-for ax, key, title in zip(axes, ("height_rel", "width_rel"), ("rows", "columns"), strict=True):
+start_h = init[f"{name}.pos_embed.height_rel"]
+lim = max(np.abs(start_h).max(), np.abs(rel_h).max())
+fig, axes = plt.subplots(2, 2, figsize=(7, 6.6), layout="constrained")
+for ax, table, title in ((axes[0, 0], start_h, "height table, initial"),
+                         (axes[0, 1], rel_h, "height table, trained")):  # fmt: skip
+    im = ax.imshow(table, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto",
+                   extent=(-0.5, d - 0.5, offsets[-1] + 0.5, offsets[0] - 0.5))  # fmt: skip
+    for off in offsets[~used]:
+        ax.axhspan(off - 0.5, off + 0.5, color="#bdbdbd", alpha=0.85)
+    ax.set_title(title)
+    ax.set_xlabel("channel")
+axes[0, 0].set_ylabel("row offset (key - query)")
+fig.colorbar(im, ax=axes[0, :], shrink=0.8, label="table entry")
+for ax, key, title in zip(axes[1], ("height_rel", "width_rel"), ("rows", "columns"), strict=True):
     trained = layer.params[f"pos_embed.{key}"]
     start = init[f"{name}.pos_embed.{key}"]
-    for table, label, style in ((start, "initial", "--"), (trained, "trained", "-")):
+    for table, label, style, mark in (
+        (start, "initial", "--", "s"),
+        (trained, "trained", "-", "o"),
+    ):
         profile = (qs @ table.T).mean(axis=0)  # mean position logit per table row
-        ax.plot(offsets[used], profile[used], style, marker="o" if label == "trained" else "s",
-                label=label)  # fmt: skip
+        ax.plot(offsets[used], profile[used], style, marker=mark, label=label)
     ax.axvline(0, color="gray", lw=1)
-    ax.set_xlabel(f"key offset in {title} (key - query)")
-    ax.set_title(f"{key}")
+    ax.set_xlabel(f"offset in {title} (key - query)")
     ax.grid(alpha=0.3)
-axes[0].set_ylabel("mean position logit")
-axes[0].legend()
-fig.suptitle(f"{name}: what the position tables learned")
+axes[1, 0].set_ylabel("mean position logit")
+axes[1, 0].legend()
+fig.suptitle(f"{name}: the position tables before and after training")
 
 # %%
 # What to read in these pictures: the weights of one query are spread over its window rather

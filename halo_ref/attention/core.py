@@ -13,8 +13,10 @@ zero-padded, so keys outside the image are zero vectors that still take softmax 
 their position logit. With border="mask" those positions are excluded from the softmax instead.
 
 Channel layouts follow timm, so weights move between the two unchanged: the query map is
-head-major (B, heads*d_qk, H, W); the key/value map interleaves each head's keys and values,
-(B, heads*(d_qk + d_v), H, W) as [k_0 | v_0 | k_1 | v_1 | ...]; the output is head-major.
+head-major (B, heads*d_qk, H, W); the key/value map (B, heads*(d_qk + d_v), H, W) holds, for
+each head in turn, a block of d_qk key channels and then a block of d_v value channels,
+[k_0 | v_0 | k_1 | v_1 | ...] (blocks, not single channels alternating); the output is
+head-major.
 
 Two pairs, each `out, cache = *_forward(...)`, `grads = *_backward(dout, cache)`:
 

@@ -2,7 +2,7 @@
 
 Files are written to a temporary name in the same folder and renamed over the old one
 (`os.replace` is atomic), so a kill leaves either the previous file or the new one, never half
-of one. The files in the output folder (`RunFolder`):
+of one. The files in the output folder (`RunFolder`)::
 
     checkpoint.npz   the latest state (before the first step, at the end of each epoch, and
                      every few minutes within one): always the first file of a run
