@@ -69,6 +69,23 @@ def register(sub) -> None:
         "when a mirrored image of yours shows the same class)",
     )  # fmt: skip
     p.add_argument(
+        "--image-size", type=RULES["image_size"], metavar="S",
+        help="folder: datasets: bring every image to S x S (scaled to cover it, then "
+        "centre-cropped); default: keep the images' size when they all share one, else the "
+        "median shorter side, at most 64",
+    )  # fmt: skip
+    p.add_argument(
+        "--test-split", type=RULES["test_split"], metavar="FRACTION",
+        help="folder: datasets without a test/ folder: hold out this fraction of each class "
+        "as the test set (default 0.2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="folder: datasets: leave out (and count) files Pillow cannot read, empty class "
+        "folders and test classes missing from train/, instead of stopping",
+    )
+    p.add_argument(
         "--val-split", type=RULES["val_split"], default=0.0, metavar="FRACTION",
         help="hold out this fraction of the training images (stratified, the same for every "
         "seed) and evaluate on it instead of the test set, which the run then never touches: "
@@ -84,7 +101,10 @@ def register(sub) -> None:
     )
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="default float32")
     p.add_argument("--out", help="output folder (default runs/<dataset>)")
-    p.add_argument("--data-dir", help="where CIFAR-10 is (default ~/.cache/halo_ref)")
+    p.add_argument(
+        "--data-dir",
+        help="where CIFAR-10 is and decoded folders are cached (default ~/.cache/halo_ref)",
+    )
     p.add_argument("--download", action="store_true", help="download CIFAR-10 if it is missing")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument(
@@ -112,6 +132,9 @@ def run(args) -> int:
         crop_pad=args.crop_pad,
         flip=args.flip,
         val_split=args.val_split,
+        image_size=args.image_size,
+        test_split=args.test_split,
+        skip_bad_images=args.skip_bad_images,
         seed=args.seed,
         threads=args.threads,
         dtype=args.dtype,

@@ -30,7 +30,8 @@ RULES = {
     "label_smoothing": Number(ge=0, lt=1), "clip_grad": Number(ge=0),
     "crop_pad": Number(integer=True, ge=0), "seed": SEED, "threads": COUNT,
     "checkpoint_every": Number(integer=True, ge=0), "checkpoint_seconds": POSITIVE,
-    "eval_batch_size": COUNT, "val_split": Number(ge=0, lt=1),
+    "eval_batch_size": COUNT, "val_split": Number(ge=0, lt=1), "image_size": COUNT,
+    "test_split": Number(gt=0, lt=1),
 }  # fmt: skip
 OPTIMIZERS = ("adamw", "sgd", "nesterov")
 DTYPES = ("float32", "float64")
@@ -39,7 +40,7 @@ DTYPES = ("float32", "float64")
 FIXED_ON_RESUME = (
     "dataset", "recipe", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
     "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "seed", "dtype", "crop_pad",
-    "flip", "val_split",
+    "flip", "val_split", "image_size", "test_split", "skip_bad_images",
 )  # fmt: skip
 
 
@@ -62,6 +63,9 @@ class TrainConfig:
     crop_pad: int | None = None
     flip: bool | None = None
     val_split: float = 0.0  # > 0: evaluate on this fraction of the training images, held out
+    image_size: int | None = None  # folder: bring every image to S x S (None: keep one size)
+    test_split: float | None = None  # folder without test/: the held-out fraction (None: 0.2)
+    skip_bad_images: bool = False  # folder: leave unreadable files and bad folders out
     seed: int = 0
     threads: int | None = None
     dtype: str = "float32"
@@ -131,7 +135,8 @@ def merge_resumed(cfg: TrainConfig, saved: dict, path: str) -> TrainConfig:
         f"{arg(k, getattr(cfg, k))} (checkpoint: {saved[k]!r})"
         for k in FIXED_ON_RESUME
         if getattr(cfg, k) is not None and k in saved and getattr(cfg, k) != saved[k]
-        and not (k in ("momentum", "clip_grad", "seed", "dataset", "dtype", "val_split")
+        and not (k in ("momentum", "clip_grad", "seed", "dataset", "dtype", "val_split",
+                       "skip_bad_images")
                  and getattr(cfg, k) == getattr(TrainConfig, k))
     ]  # fmt: skip
     if clash:

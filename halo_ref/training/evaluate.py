@@ -14,7 +14,7 @@ from ..models import halonet
 from ..nn.functional import cross_entropy_forward
 from .checkpoint import load_checkpoint
 from .config import set_threads
-from .data import load_dataset
+from .data import dataset_kind, load_dataset
 from .data.augment import normalise, pad_to_multiple
 
 
@@ -50,6 +50,18 @@ def evaluate(model, batcher: Batcher, images, labels, *, loss_fns=None, batch_si
     return total_loss / n, correct / n
 
 
+def _folder_options(spec: str, cfg: dict, saved_hwc) -> dict:
+    """How to read a folder: dataset to score a checkpoint: as its run read it, or, for another
+    folder, at the size the model was trained on."""
+    if dataset_kind(spec) != "folder":
+        return {}
+    if spec == cfg["dataset"]:
+        keys = ("image_size", "test_split", "skip_bad_images")
+        return {k: cfg[k] for k in keys if cfg.get(k) is not None}
+    H, W, _ = saved_hwc
+    return {"image_size": H} if H == W else {}
+
+
 def evaluate_checkpoint(
     path: str,
     *,
@@ -72,8 +84,9 @@ def evaluate_checkpoint(
     cfg = meta["config"]
     set_threads(threads)
     spec = dataset or cfg["dataset"]
-    data = load_dataset(spec, data_dir=data_dir or cfg.get("data_dir"))
     saved_hwc = list(meta["dataset_shape"][1:])
+    data = load_dataset(spec, data_dir=data_dir or cfg.get("data_dir"),
+                        **_folder_options(spec, cfg, saved_hwc))  # fmt: skip
     if list(data.image_shape) != saved_hwc:
         raise HaloRefError(
             f"{path} was trained on {saved_hwc} (H, W, C) images but --dataset {spec} has "

@@ -63,7 +63,7 @@ def train(
     `halo_ref.nn.functional`'s). `dataset` skips loading by name (for tests and notebooks).
     """
     loss_fns = loss_fns or (cross_entropy_forward, cross_entropy_backward)
-    run = _prepare(cfg, model_factory or halonet, loss_fns, dataset, log)
+    run = _prepare(cfg, model_factory or halonet, loss_fns, dataset, log, progress)
     cfg, state = run.cfg, run.state
     last_save = time.monotonic()
     while state.epoch < cfg.epochs:
@@ -246,7 +246,7 @@ def _evaluated_on(data: Dataset, cfg: TrainConfig) -> str:
 
 
 # -- preparing a run ------------------------------------------------------------------------------
-def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
+def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log, progress) -> _Run:
     """The folder, the checkpoint to resume (refusing to overwrite a run), the configuration,
     the data, the recipe, the model and the optimiser, each checked before the first step."""
     check_config(cfg)
@@ -262,8 +262,12 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log) -> _Run:
             f"{arg('threads', saved)} to match it)"
         )
     dtype = np.dtype(cfg.dtype)
-    data = dataset if dataset is not None else load_dataset(cfg.dataset, data_dir=cfg.data_dir,
-                                                            download=cfg.download)  # fmt: skip
+    if dataset is None:
+        dataset = load_dataset(
+            cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+            test_split=cfg.test_split, skip_bad_images=cfg.skip_bad_images, progress=progress,
+        )  # fmt: skip
+    data = dataset
     notes += check_classes(data, cfg.dataset)
     if cfg.val_split:
         data = split_validation(data, cfg.val_split)  # the evaluation split is held out now

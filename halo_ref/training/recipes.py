@@ -111,3 +111,26 @@ def choose_recipe(kind: str, image_shape, requested: str | None = None) -> tuple
     name = recipe_for_images(H, W)
     colour = "grey" if C == 1 else f"{C}-channel"
     return RECIPES[name], f"{H}x{W} {colour} images: {RECIPES[name].about}"
+
+
+# The inputs the documentation's table of defaults shows: (height, width, channels, label).
+TABLE_INPUTS = ((8, 8, 1, "8x8 grey"), (28, 28, 1, "28x28 grey"), (32, 32, 3, "32x32 RGB"),
+                (64, 64, 3, "64x64 RGB"))  # fmt: skip
+
+
+def defaults_table(count_params) -> list[str]:
+    """The Markdown table of what the user's images get (README and docs/your_data.md show it;
+    a test keeps them equal). count_params(model name, in_chans) -> parameters, 10 classes."""
+    rows = [
+        "| images | recipe | model (parameters) | epochs | batch | optimiser, peak lr | "
+        "warm-up | label smoothing | crop-pad | flip |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h, w, c, label in TABLE_INPUTS:
+        r = RECIPES[recipe_for_images(h, w)]
+        rows.append(
+            f"| {label} | {r.name} | {r.model} ({count_params(r.model, c):,}) | {r.epochs} | "
+            f"{r.batch_size} | {r.optimizer} {r.lr:g} | {r.warmup_epochs:g} | "
+            f"{r.label_smoothing:g} | {r.crop_pad} | {'on' if r.flip else 'off'} |"
+        )
+    return rows

@@ -4,13 +4,20 @@ size (the table in docs/training.md is this rule)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from halo_ref import HaloRefError
-from halo_ref.models import CONFIGS, NAMES
+from halo_ref.models import CONFIGS, NAMES, count_params, halonet
 from halo_ref.training.config import TrainConfig
-from halo_ref.training.recipes import RECIPES, Recipe, choose_recipe, recipe_for_images
+from halo_ref.training.recipes import (
+    RECIPES,
+    Recipe,
+    choose_recipe,
+    defaults_table,
+    recipe_for_images,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +52,12 @@ def test_named_sources_keep_their_own_recipe_and_recipe_overrides_the_rule():
     assert forced is RECIPES["cifar10"] and why == "--recipe"
     with pytest.raises(HaloRefError, match="recipe='huge' is not known; choose one of digits"):
         choose_recipe("npz", (8, 8, 1), requested="huge")
+
+
+def test_the_readme_shows_the_table_of_defaults_the_rule_gives():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = defaults_table(lambda name, chans: count_params(halonet(name, in_chans=chans)))
+    assert "\n".join(table) in readme
 
 
 def test_a_recipe_fills_exactly_the_settings_a_config_has():

@@ -1,4 +1,5 @@
-"""Datasets for training: the bundled UCI digits, CIFAR-10, and the user's own `.npz` files.
+"""Datasets for training: the bundled UCI digits, CIFAR-10, and the user's own images (an
+`.npz` file, or a folder of class folders).
 
 Every loader returns a `Dataset` (`halo_ref.training.data.dataset`): uint8 images (N, H, W, C)
 and integer labels (N,) for a train and a test split. Turning images into normalised float
@@ -13,13 +14,17 @@ from importlib import resources
 
 import numpy as np
 
-from ..._checks import HaloRefError
+from ..._checks import HaloRefError, arg
 from .cifar10 import load_cifar10
 from .dataset import Dataset
+from .folder import load_folder
 from .npz import load_npz
 from .splits import split_validation
 
-DATASETS_HELP = "digits (bundled, no network), cifar10, or npz:PATH"
+DATASETS_HELP = (
+    "digits (bundled, no network), cifar10, npz:PATH, or folder:PATH (a folder of class "
+    "folders, or a .tar/.tar.gz/.zip of one)"
+)
 
 
 def load_digits() -> Dataset:
@@ -53,27 +58,49 @@ def default_data_dir() -> str:
 
 
 def dataset_kind(spec: str) -> str:
-    """The source a `--dataset` value names: "digits", "cifar10" or "npz" (the recipe rule and
-    the default output folder follow it); an unknown value is a one-line error."""
+    """The source a `--dataset` value names: "digits", "cifar10", "npz" or "folder" (the recipe
+    rule and the default output folder follow it); an unknown value is a one-line error."""
     if isinstance(spec, str):
         if spec in ("digits", "cifar10"):
             return spec
-        if spec.startswith("npz:"):
-            return "npz"
+        for kind in ("npz", "folder"):
+            if spec.startswith(kind + ":") and len(spec) > len(kind) + 1:
+                return kind
     raise HaloRefError(f"--dataset {spec!r} is not known; use {DATASETS_HELP}")
 
 
-def load_dataset(spec: str, *, data_dir: str | None = None, download: bool = False) -> Dataset:
-    """Load a dataset by its command-line name: "digits", "cifar10" or "npz:PATH"."""
-    if not isinstance(spec, str) or not spec:
-        raise HaloRefError(f"--dataset must be one of {DATASETS_HELP}; got {spec!r}")
-    if spec == "digits":
+def load_dataset(
+    spec: str,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    test_split: float | None = None,
+    skip_bad_images: bool = False,
+    cache: bool = True,
+    progress: bool = False,
+) -> Dataset:
+    """Load a dataset by its command-line name: "digits", "cifar10", "npz:PATH" or
+    "folder:PATH". data_dir: where CIFAR-10 is downloaded and decoded folders are cached
+    (default `default_data_dir()`); image_size, test_split, skip_bad_images, cache: the folder
+    loader's options (`halo_ref.training.data.folder.load_folder`)."""
+    kind = dataset_kind(spec)
+    if kind != "folder":
+        for name, value in (("image_size", image_size), ("test_split", test_split),
+                            ("skip_bad_images", skip_bad_images or None)):  # fmt: skip
+            if value is not None:
+                raise HaloRefError(
+                    f"{arg(name, value)} applies to folder: datasets only; drop it for {spec}"
+                )
+    if kind == "digits":
         return load_digits()
-    if spec == "cifar10":
+    if kind == "cifar10":
         return load_cifar10(data_dir or default_data_dir(), download=download)
-    if spec.startswith("npz:"):
+    if kind == "npz":
         return load_npz(spec[4:])
-    raise HaloRefError(f"--dataset {spec!r} is not known; use {DATASETS_HELP}")
+    cache_dir = os.path.join(data_dir or default_data_dir(), "folders") if cache else None
+    return load_folder(spec[7:], image_size=image_size, test_split=test_split,
+                       skip_bad_images=skip_bad_images, cache_dir=cache_dir, progress=progress)  # fmt: skip
 
 
 __all__ = [
