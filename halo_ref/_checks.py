@@ -132,6 +132,13 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def some_names(names, limit: int = 3) -> str:
+    """A list of names for a message, cut after `limit`: "['a', 'b', 'c', ...] (7 in all)"."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}, ...] ({len(names)} in all)" if len(names) > limit else f"[{shown}]"
+
+
 def check_choice(value, name: str, choices) -> None:
     """Raise unless `value` is one of `choices`."""
     if value not in choices:
@@ -163,8 +170,17 @@ def check_feature_map(
             f"convert it with np.asarray({name}, dtype=np.{dtype.name})"
         )
     if x.ndim != ndim:
-        hint = "; add a batch axis with x[None] for a single image" if ndim == 4 else ""
+        if x.ndim == ndim - 1:
+            hint = f"; add a batch axis with {name}[None] for a single image"
+        elif x.ndim > ndim and ndim == 4:
+            hint = f"; merge the leading axes into the batch with {name}.reshape(-1, *{name}.shape[-3:])"
+        else:
+            hint = ""
         raise HaloRefError(f"{owner}: {name} must be {ndim}-D {layout}, got shape {x.shape}{hint}")
+    if x.shape[0] == 0:  # refused before any backend runs, so both backends answer alike
+        raise HaloRefError(
+            f"{owner}: {name} holds no images (shape {x.shape}); pass a batch of at least one"
+        )
     if x.dtype != dtype:
         if x.dtype.kind in "fc":
             fix = f"cast with {name}.astype(np.{dtype.name}) or build the layer with dtype=np.{x.dtype}"

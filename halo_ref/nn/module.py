@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._checks import HaloRefError
+from .._checks import HaloRefError, some_names
 
 
 class Module:
@@ -114,14 +114,15 @@ class Module:
         name = type(self).__name__
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
-        if missing:
+        if missing or unexpected:  # counts and the first few: a paper model has hundreds of keys
+            found = [
+                f"{kind} key(s) {some_names(keys)}"
+                for kind, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            ]
             raise HaloRefError(
-                f"{name}.load_state_dict: missing key(s) {missing}; expected keys {sorted(own)}"
-            )
-        if unexpected:
-            raise HaloRefError(
-                f"{name}.load_state_dict: unexpected key(s) {unexpected}; "
-                f"expected keys {sorted(own)}"
+                f"{name}.load_state_dict: {'; '.join(found)}; the module has {len(own)} keys and "
+                f"the state {len(state)}: is it the state of another model or configuration?"
             )
         staged = {}
         for key, target in own.items():

@@ -7,9 +7,11 @@ evaluation.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from .._checks import COUNT, HaloRefError
+from .._checks import COUNT, HaloRefError, arg
 from ..models import halonet
 from ..nn.functional import cross_entropy_forward
 from .checkpoint import load_checkpoint
@@ -80,6 +82,16 @@ def evaluate_checkpoint(
     COUNT.check(batch_size, "batch_size")
     if threads is not None:
         COUNT.check(threads, "threads")
+    if os.path.isdir(path):  # the run's folder given for one of its files
+        named = arg("path", path, flag="checkpoint")
+        inside = [
+            n for n in ("best.npz", "checkpoint.npz") if os.path.isfile(os.path.join(path, n))
+        ]
+        fix = (
+            f"pass a file inside it, e.g. {arg('path', os.path.join(path, inside[0]), flag='checkpoint')}"
+            if inside else "it holds no best.npz or checkpoint.npz"
+        )  # fmt: skip
+        raise HaloRefError(f"{named} is a folder, not a checkpoint file; {fix}")
     model_state, _, meta, _ = load_checkpoint(path)
     cfg = meta["config"]
     set_threads(threads)

@@ -122,7 +122,13 @@ def x32(*shape):
 @pytest.mark.parametrize(
     "make_input, message",
     [
-        (lambda: x32(8, 8, 8), r"must be 4-D \(B, C, H, W\)"),
+        (lambda: x32(8, 8, 8), r"must be 4-D \(B, C, H, W\).*add a batch axis with x\[None\]"),
+        # a 5-D input was once told to add a batch axis too
+        (
+            lambda: x32(2, 1, 8, 8, 8),
+            r"got shape \(2, 1, 8, 8, 8\); merge the leading axes into "
+            r"the batch with x.reshape\(-1, \*x.shape\[-3:\]\)$",
+        ),
         (lambda: x32(1, 3, 8, 8), "has 3 channels .* expects 8"),
         (lambda: x32(1, 8, 6, 8), "H=6 is not a multiple of block_size=4"),
         (lambda: x32(1, 8, 8, 10), "W=10 is not a multiple of block_size=4; pad or crop"),
@@ -136,6 +142,14 @@ def test_bad_input_gets_a_one_line_error(make_input, message):
     with pytest.raises(HaloRefError, match=message) as info:
         small().forward(make_input())
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_empty_batch_is_the_same_clear_error_on_both_backends(backend):
+    # once a ZeroDivisionError from the Numba kernels and a reshape ValueError from NumPy's
+    with pytest.raises(HaloRefError, match=r"^HaloAttention.forward: x holds no images \(shape "
+                       r"\(0, 8, 8, 8\)\); pass a batch of at least one$"):  # fmt: skip
+        small(backend=backend).forward(x32(0, 8, 8, 8))
 
 
 def test_stride_must_divide_the_map():

@@ -123,3 +123,13 @@ def test_divergence_names_the_step_and_keeps_only_finite_checkpoints(
     _, _, meta, _ = load_checkpoint(str(out / "checkpoint.npz"))
     losses = [h[k] for h in meta["history"] for k in ("train_loss", "test_loss")]
     assert all(math.isfinite(v) for v in losses)
+
+
+def test_evaluate_given_a_run_folder_suggests_the_file_in_it(tmp_path, capsys):
+    (tmp_path / "best.npz").write_bytes(b"")
+    assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--checkpoint {tmp_path} is a folder, not a checkpoint file; pass a file inside it, "
+        f"e.g. --checkpoint {tmp_path / 'best.npz'}" in err
+    )

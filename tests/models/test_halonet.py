@@ -176,6 +176,18 @@ def test_state_dict_round_trip_and_modes():
         b.load_state_dict({k: v for k, v in state.items() if "running_mean" not in k})
 
 
+def test_a_state_of_another_naming_gets_a_short_message():
+    # keys saved with a "module." prefix (DataParallel's habit): the message once listed every
+    # expected key, 2.9 KB on one line; now counts and the first three of each side
+    model = halonet("tiny", rng=0)
+    state = {"module." + k: v for k, v in model.state_dict().items()}
+    with pytest.raises(HaloRefError) as info:
+        model.load_state_dict(state)
+    message, first = str(info.value), sorted(model.state_dict())[:3]
+    assert f"missing key(s) {first[:3]}"[:-1] + f", ...] ({len(state)} in all)" in message
+    assert "unexpected key(s) ['module." in message and len(message) < 500
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def one_line(exc_info):
     assert "\n" not in str(exc_info.value)

@@ -42,3 +42,14 @@ def test_a_batch_size_below_one_is_refused_before_anything_is_read(batch_size, t
                  batch_size=batch_size)  # fmt: skip
     with pytest.raises(HaloRefError, match="batch_size must be an integer >= 1"):
         evaluate_checkpoint(str(tmp_path / "missing.npz"), batch_size=batch_size)
+
+
+def test_a_run_folder_given_as_the_checkpoint_points_at_its_files(tmp_path):
+    # once "checkpoint FOLDER does not exist"
+    (tmp_path / "best.npz").write_bytes(b"")
+    with pytest.raises(HaloRefError, match=r"path='.*' is a folder, not a checkpoint file; pass "
+                       r"a file inside it, e.g. path='.*best.npz'"):  # fmt: skip
+        evaluate_checkpoint(str(tmp_path))
+    (tmp_path / "best.npz").unlink()
+    with pytest.raises(HaloRefError, match="it holds no best.npz or checkpoint.npz"):
+        evaluate_checkpoint(str(tmp_path))
