@@ -118,7 +118,7 @@ assert err < 1e-12
 # A real layer starts from random tables (truncated normal with std ``d**-0.5``), so its bias is
 # noise, but it is already *factorized noise*: each map is a row profile plus a column profile,
 # which shows as stripes. Both panels share one colour scale, centred on zero. Training shapes
-# these profiles: :doc:`07_train_tiny_halonet` draws the tables of a HaloNet trained on
+# these profiles: :doc:`08_trained_attention` draws the tables of a HaloNet trained on
 # CIFAR-10 against their initial values.
 layer = HaloAttention(16, 16, num_heads=2, block_size=b, halo_size=h, dtype=np.float64, rng=1)
 rel_h, rel_w = layer.params["pos_embed.height_rel"], layer.params["pos_embed.width_rel"]
