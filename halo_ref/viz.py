@@ -19,6 +19,7 @@ import numpy as np
 from ._atomic import atomic_write
 from ._checks import HaloRefError
 from .attention.core import halo_attention_forward
+from .attention.layer import HaloAttention
 
 # colours used consistently across the tutorials: the query block, its halo window, the query
 BLOCK_COLOUR = "#ffb000"
@@ -440,6 +441,17 @@ def window_to_image(weights, H, W, block_size, halo_size, block):
     i, j = block
     out[i * b : i * b + win, j * b : j * b + win] = w  # window (i, j) starts at padded (ib, jb)
     return out[h : h + H, h : h + W]
+
+
+def halo_layers(module, prefix: str = "") -> list[tuple[str, HaloAttention]]:
+    """(name, layer) of every `HaloAttention` inside `module` (a model), in the order the input
+    meets them: the layers `query_attention` can show."""
+    found = []
+    for name, child in module.children().items():
+        if isinstance(child, HaloAttention):
+            found.append((f"{prefix}{name}", child))
+        found.extend(halo_layers(child, f"{prefix}{name}."))
+    return found
 
 
 def query_attention(layer, x, query, *, sample=0):

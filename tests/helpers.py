@@ -1,5 +1,6 @@
 """Helpers shared by several test modules: a stand-in model for the training loop, small
-HaloNet configurations, and CIFAR-10 archives in the official format."""
+HaloNet configurations, CIFAR-10 archives in the official format, and checkpoints and image
+files for predict and export."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import tarfile
 
 import numpy as np
 
-from halo_ref.models import CONFIGS
+from halo_ref.models import CONFIGS, halonet
 from halo_ref.nn.module import Module
+from halo_ref.training.checkpoint import save_checkpoint
 from halo_ref.training.data import cifar10
 
 
@@ -176,3 +178,32 @@ def make_cifar_archive(folder, n_per_batch=4, tamper=None) -> tuple[str, str, di
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path, hashlib.md5(open(path, "rb").read()).hexdigest(), batches
+
+
+# -- checkpoints and images for predict and export ----------------------------------------------
+def fake_checkpoint(path, *, dataset, model, shape, class_names=(), pixel_max=255, seed=0):
+    """A checkpoint as `halo-ref train` writes it, holding a freshly initialised model.
+
+    shape: (H, W, C) of the training images. The mean and std differ per channel so that a
+    channel mix-up shows in the logits."""
+    H, W, C = shape
+    num_classes = max(len(class_names), 4)
+    net = halonet(model, num_classes=num_classes, in_chans=C, dtype=np.float64, rng=seed)
+    meta = {
+        "config": {"model": model, "dataset": dataset, "dtype": "float64"},
+        "num_classes": num_classes, "in_chans": C, "dataset_shape": [100, H, W, C],
+        "mean": [0.3 * pixel_max + 5 * c for c in range(C)],
+        "std": [0.2 * pixel_max + 3 * c for c in range(C)],
+        "input_multiple": net.input_multiple, "class_names": list(class_names),
+        "pixel_max": pixel_max,
+    }  # fmt: skip
+    save_checkpoint(str(path), model_state=net.state_dict(), optim_state={}, meta=meta)
+    return str(path)
+
+
+def write_png(path, pixels):
+    """pixels: uint8 (H, W) or (H, W, 3|4)."""
+    from PIL import Image  # Pillow: a dependency, imported where images are written
+
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)
+    return str(path)

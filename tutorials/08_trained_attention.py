@@ -21,13 +21,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from halo_ref import HaloAttention, backend
+from halo_ref import backend
 from halo_ref.attention.blocking import gather_windows
 from halo_ref.attention.core import halo_attention_forward
 from halo_ref.attention.relpos import relpos_forward
 from halo_ref.data import initial_tables, load_photos, load_tiny_cifar10, prepare
 from halo_ref.nn.functional import softmax_forward
-from halo_ref.viz import BLOCK_COLOUR, WINDOW_COLOUR, show_figures, use_figure_style
+from halo_ref.viz import BLOCK_COLOUR, WINDOW_COLOUR, halo_layers, show_figures, use_figure_style
 
 use_figure_style()
 
@@ -49,18 +49,8 @@ print(
 x = prepare(photos.images, meta)  # N, 3, 32, 32
 
 
-def find_halo_layers(module, prefix=""):
-    """(name, layer) of every HaloAttention inside `module`, in order."""
-    found = []
-    for name, child in module.children().items():
-        if isinstance(child, HaloAttention):
-            found.append((f"{prefix}{name}", child))
-        found.extend(find_halo_layers(child, f"{prefix}{name}."))
-    return found
-
-
 # run the model once, keeping the input of its first attention layer
-name, layer = find_halo_layers(model)[0]
+name, layer = halo_layers(model)[0]  # (name, layer) of each HaloAttention, in order
 recorded, forward = {}, layer.forward
 
 
