@@ -11,6 +11,7 @@ Plain NumPy, no dispatch: `halo_ref.nn.kernels` computes some of these pairs wit
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -426,3 +427,166 @@ def cross_entropy_backward(cache, dloss=1.0):
     """d loss / d logits = (softmax(logits) - target) / B, times `dloss`: (B, K)."""
     p, target = cache
     return (p - target) * (dloss / p.shape[0])
+
+
+# -- grouped convolution -------------------------------------------------------------------------
+class GroupedConvCache(NamedTuple):
+    """What `grouped_conv2d_backward` needs: one convolution cache per group."""
+
+    groups: int
+    caches: tuple  # `conv2d_forward` (or `conv1x1_forward`) caches, group by group
+
+
+def _group_conv_forward(x, weight, bias, stride, padding):
+    """One group's convolution: the 1x1 path when the kernel allows it (no im2col)."""
+    if weight.shape[2] == 1 and padding == 0:
+        return conv1x1_forward(x, weight, bias, stride)
+    return conv2d_forward(x, weight, bias, stride, padding)
+
+
+def grouped_conv2d_forward(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """PyTorch's `conv2d(..., groups=g)`: output channel group i sees only input group i.
+
+    x: (B, C, H, W); weight: (O, C/g, k, k); bias: (O,) or None; g divides C and O.
+    Returns out (B, O, Ho, Wo) and a `GroupedConvCache`. Each group is an ordinary convolution
+    of its slice of the channels, so the maths is that of `conv2d_forward`; the output is the
+    groups' outputs side by side (a block-diagonal weight, without its zeros).
+    """
+    cg, og = x.shape[1] // groups, weight.shape[0] // groups
+    outs, caches = [], []
+    for g in range(groups):
+        xg = np.ascontiguousarray(x[:, g * cg : (g + 1) * cg])  # B, C/g, H, W
+        wg = np.ascontiguousarray(weight[g * og : (g + 1) * og])  # O/g, C/g, k, k
+        bg = None if bias is None else bias[g * og : (g + 1) * og]
+        out, cache = _group_conv_forward(xg, wg, bg, stride, padding)
+        outs.append(out)
+        caches.append(cache)
+    return np.concatenate(outs, axis=1), GroupedConvCache(groups, tuple(caches))
+
+
+def grouped_conv2d_backward(dout, cache):
+    """Gradients of `grouped_conv2d_forward`: dx (B, C, H, W), dweight (O, C/g, k, k), dbias
+    (O,) or None. Each group's backward is its own convolution's; the pieces are stacked back
+    in the order the forward cut them."""
+    og = dout.shape[1] // cache.groups
+    dxs, dws, dbs = [], [], []
+    for g, c in enumerate(cache.caches):
+        dg = np.ascontiguousarray(dout[:, g * og : (g + 1) * og])  # B, O/g, Ho, Wo
+        backward = conv1x1_backward if isinstance(c, Conv1x1Cache) else conv2d_backward
+        dx, dw, db = backward(dg, c)
+        dxs.append(dx)
+        dws.append(dw)
+        dbs.append(db)
+    dbias = None if dbs[0] is None else np.concatenate(dbs)
+    return np.concatenate(dxs, axis=1), np.concatenate(dws, axis=0), dbias
+
+
+# -- squeeze-and-excitation ----------------------------------------------------------------------
+class SqueezeExciteCache(NamedTuple):
+    """What `squeeze_excite_backward` needs."""
+
+    x: np.ndarray  # (B, C, H, W)
+    means: np.ndarray  # (B, C): each channel's mean, the "squeeze"
+    hidden: np.ndarray  # (B, R): before the ReLU
+    gate: np.ndarray  # (B, C): the sigmoid's output
+    w1: np.ndarray  # (R, C, 1, 1)
+    w2: np.ndarray  # (C, R, 1, 1)
+
+
+def squeeze_excite_forward(x, w1, b1, w2, b2):
+    """Squeeze-and-excitation (Hu et al. 2018): each channel scaled by a gate computed from the
+    means of all channels (timm's `SEModule`: ReLU inside, sigmoid gate)::
+
+        s = mean_hw(x);  a = relu(s @ w1^T + b1);  gate = sigmoid(a @ w2^T + b2);  out = x * gate
+
+    x: (B, C, H, W); w1: (R, C, 1, 1), b1: (R,); w2: (C, R, 1, 1), b2: (C,) (two 1x1
+    convolutions of the 1x1 map of means, i.e. two linear layers). Returns out (B, C, H, W) and
+    a `SqueezeExciteCache`.
+    """
+    s = x.mean(axis=(2, 3))  # B, C
+    z = s @ w1[:, :, 0, 0].T + b1  # B, R
+    gate = _sigmoid(np.maximum(z, 0) @ w2[:, :, 0, 0].T + b2)  # B, C
+    out = x * gate[:, :, None, None]
+    return out, SqueezeExciteCache(x, s, z, gate, w1, w2)
+
+
+def _gated_input_grad(dout, cache, dmeans):
+    """dx of out = x * gate(mean_hw(x)): x reaches the output twice, directly (times its gate)
+    and through its channel's mean (each pixel 1/(H*W) of the mean's gradient dmeans (B, C))."""
+    H, W = cache.x.shape[2:]
+    return dout * cache.gate[:, :, None, None] + (dmeans / (H * W))[:, :, None, None]
+
+
+def _gate_preactivation_grad(dout, cache):
+    """d loss / d (the sigmoid's input), (B, C): dgate = sum_hw dout * x, times gate' = g(1-g)."""
+    dgate = np.einsum("bchw,bchw->bc", dout, cache.x)  # B, C
+    return dgate * cache.gate * (1 - cache.gate)
+
+
+def squeeze_excite_backward(dout, cache):
+    """Gradients of `squeeze_excite_forward`: dx, dw1, db1, dw2, db2 (the shapes of the inputs)."""
+    dpre = _gate_preactivation_grad(dout, cache)  # B, C
+    a = np.maximum(cache.hidden, 0)  # B, R
+    dw2 = (dpre.T @ a)[:, :, None, None]  # C, R, 1, 1
+    db2 = dpre.sum(axis=0)
+    dz = (dpre @ cache.w2[:, :, 0, 0]) * (cache.hidden > 0)  # B, R: through the ReLU
+    dw1 = (dz.T @ cache.means)[:, :, None, None]  # R, C, 1, 1
+    db1 = dz.sum(axis=0)
+    dmeans = dz @ cache.w1[:, :, 0, 0]  # B, C
+    return _gated_input_grad(dout, cache, dmeans), dw1, db1, dw2, db2
+
+
+# -- efficient channel attention -----------------------------------------------------------------
+class ChannelAttentionCache(NamedTuple):
+    """What `eca_backward` needs."""
+
+    x: np.ndarray  # (B, C, H, W)
+    padded: np.ndarray  # (B, C + k - 1): the channel means with (k-1)/2 zeros at both ends
+    gate: np.ndarray  # (B, C)
+    weight: np.ndarray  # (1, 1, k)
+
+
+def eca_kernel_size(channels, gamma=2, beta=1):
+    """ECA's kernel size for `channels` (Wang et al. 2020, eq. 12, as timm computes it): the
+    odd number at or above int((log2(C) + beta) / gamma), at least 3."""
+    t = int(abs(math.log(channels, 2) + beta) / gamma)  # math.log: timm's own rounding
+    return max(t if t % 2 else t + 1, 3)
+
+
+def eca_forward(x, weight):
+    """Efficient channel attention (timm's `EcaModule`): a gate per channel from a 1-D
+    convolution, without bias, over the means of the k channels around it (channels in their
+    order, zeros past both ends)::
+
+        s = mean_hw(x);  y[c] = sum_j weight[j] * s[c + j - (k-1)/2];  out = x * sigmoid(y)
+
+    x: (B, C, H, W); weight: (1, 1, k), k odd. Returns out (B, C, H, W) and a
+    `ChannelAttentionCache`.
+    """
+    k = weight.shape[-1]
+    p = (k - 1) // 2
+    s = x.mean(axis=(2, 3))  # B, C
+    C = s.shape[1]
+    padded = np.pad(s, ((0, 0), (p, p)))  # B, C + k - 1
+    y = sum(weight[0, 0, j] * padded[:, j : j + C] for j in range(k))  # B, C
+    gate = _sigmoid(y)
+    return x * gate[:, :, None, None], ChannelAttentionCache(x, padded, gate, weight)
+
+
+def eca_backward(dout, cache):
+    """Gradients of `eca_forward`: dx (B, C, H, W), dweight (1, 1, k).
+
+    The convolution read padded[:, j : j + C] for tap j, so its adjoint adds tap j's share of
+    dy back onto those entries; the padding's share is dropped (it was no input).
+    """
+    C = cache.x.shape[1]
+    k = cache.weight.shape[-1]
+    p = (k - 1) // 2
+    dy = _gate_preactivation_grad(dout, cache)  # B, C
+    dweight = np.array([np.sum(dy * cache.padded[:, j : j + C]) for j in range(k)])
+    dpadded = np.zeros_like(cache.padded)  # B, C + k - 1
+    for j in range(k):
+        dpadded[:, j : j + C] += cache.weight[0, 0, j] * dy
+    dmeans = dpadded[:, p : p + C]  # B, C
+    dweight = dweight.reshape(1, 1, k).astype(cache.weight.dtype, copy=False)
+    return _gated_input_grad(dout, cache, dmeans), dweight

@@ -189,6 +189,144 @@ class Identity(_Pair):
 ACTIVATIONS = {"relu": ReLU, "silu": SiLU, "identity": Identity}
 
 
+class GroupedConv2d(Conv2d):
+    """`Conv2d` with `groups` (PyTorch's layout: `weight` (O, C/groups, k, k)): output channel
+    group i sees only input group i. x: (B, C, H, W) -> (B, O, Ho, Wo).
+
+    Runs `halo_ref.nn.functional.grouped_conv2d_forward` (NumPy, one convolution per group)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, *, groups, dtype=np.float32,
+                 rng=None, **kwargs):  # fmt: skip
+        groups = check_positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise HaloRefError(
+                f"GroupedConv2d: groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        super().__init__(
+            in_channels // groups, out_channels, kernel_size, dtype=dtype, rng=rng, **kwargs
+        )
+        self.in_channels, self.groups = in_channels, groups
+
+    def __repr__(self):
+        return (
+            super().__repr__().replace("Conv2d(", "GroupedConv2d(")[:-1]
+            + f", groups={self.groups})"
+        )
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, O, Ho, Wo)."""
+        check_feature_map(
+            x, "x", channels=self.in_channels, dtype=self.dtype, owner="GroupedConv2d", finite=False
+        )
+        p = self._params
+        out, self._cache = F.grouped_conv2d_forward(
+            x, p["weight"], p.get("bias"), self.stride, self.padding, self.groups
+        )
+        return out
+
+    def backward(self, dout):
+        """dout: (B, O, Ho, Wo) -> dx (B, C, H, W); fills grads `weight` (and `bias`)."""
+        self._check_cache()
+        dx, dw, db = F.grouped_conv2d_backward(dout, self._cache)
+        self._grads = {"weight": dw} if db is None else {"weight": dw, "bias": db}
+        return dx
+
+
+class BatchNormAct2d(BatchNorm2d):
+    """BatchNorm2d then an activation, under the BatchNorm's own names (timm's
+    `BatchNormAct2d`, whose state-dict keys are `weight`, `bias`, `running_mean`, ...).
+    x: (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, num_features, *, act="relu", dtype=np.float32, **kwargs):
+        super().__init__(num_features, dtype=dtype, **kwargs)
+        if act not in ACTIVATIONS:
+            raise HaloRefError(f"act={act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
+        self.act = ACTIVATIONS[act]()  # no weights: an attribute, not a child
+
+    def forward(self, x):
+        return self.act.forward(super().forward(x))
+
+    def backward(self, dout):
+        return super().backward(self.act.backward(dout))
+
+
+class SqueezeExcite(_Pair):
+    """timm's `SEModule` (ReLU inside, sigmoid gate): `fc1.weight` (R, C, 1, 1), `fc1.bias`,
+    `fc2.weight` (C, R, 1, 1), `fc2.bias`, with R = rd_channels. x: (B, C, H, W) -> same shape.
+    Runs `halo_ref.nn.functional.squeeze_excite_forward`."""
+
+    def __init__(self, channels, rd_channels, *, dtype=np.float32, rng=None):
+        super().__init__()
+        C = check_positive_int(channels, "channels")
+        R = check_positive_int(rd_channels, "rd_channels")
+        self.channels, self.dtype = C, float_dtype(dtype)
+        rng, dt = as_generator(rng), self.dtype
+        # He initialisation by fan-out, like every convolution here (timm's byobnet init)
+        self.add_param(
+            "fc1.weight", trunc_normal(rng, (R, C, 1, 1), (2 / R) ** 0.5, dt, a=-1e9, b=1e9)
+        )
+        self.add_param("fc1.bias", uniform_fan_in(rng, (R,), C, dt))
+        self.add_param(
+            "fc2.weight", trunc_normal(rng, (C, R, 1, 1), (2 / C) ** 0.5, dt, a=-1e9, b=1e9)
+        )
+        self.add_param("fc2.bias", uniform_fan_in(rng, (C,), R, dt))
+
+    def __repr__(self):
+        return f"SqueezeExcite({self.channels}, {self._params['fc1.bias'].size})"
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        check_feature_map(
+            x, "x", channels=self.channels, dtype=self.dtype, owner="SqueezeExcite", finite=False
+        )
+        p = self._params
+        out, self._cache = F.squeeze_excite_forward(
+            x, p["fc1.weight"], p["fc1.bias"], p["fc2.weight"], p["fc2.bias"]
+        )
+        return out
+
+    def backward(self, dout):
+        """dout: (B, C, H, W) -> dx; fills grads `fc1.weight`, `fc1.bias`, `fc2.*`."""
+        self._check_cache()
+        dx, dw1, db1, dw2, db2 = F.squeeze_excite_backward(dout, self._cache)
+        self._grads = {"fc1.weight": dw1, "fc1.bias": db1, "fc2.weight": dw2, "fc2.bias": db2}
+        return dx
+
+
+class EfficientChannelAttention(_Pair):
+    """timm's `EcaModule`: `conv.weight` (1, 1, k), k = `eca_kernel_size(channels)`, no bias.
+    x: (B, C, H, W) -> same shape. Runs `halo_ref.nn.functional.eca_forward`."""
+
+    def __init__(self, channels, *, dtype=np.float32, rng=None):
+        super().__init__()
+        self.channels = check_positive_int(channels, "channels")
+        self.dtype = float_dtype(dtype)
+        k = F.eca_kernel_size(self.channels)
+        self.add_param("conv.weight", uniform_fan_in(as_generator(rng), (1, 1, k), k, self.dtype))
+
+    def __repr__(self):
+        return (
+            f"EfficientChannelAttention({self.channels}, k={self._params['conv.weight'].shape[-1]})"
+        )
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        check_feature_map(
+            x, "x", channels=self.channels, dtype=self.dtype, owner="EfficientChannelAttention",
+            finite=False,
+        )  # fmt: skip
+        out, self._cache = F.eca_forward(x, self._params["conv.weight"])
+        return out
+
+    def backward(self, dout):
+        """dout: (B, C, H, W) -> dx; fills grad `conv.weight`."""
+        self._check_cache()
+        dx, dw = F.eca_backward(dout, self._cache)
+        self._grads = {"conv.weight": dw}
+        return dx
+
+
 class MaxPool2d(_Pair):
     """k x k max pooling with stride and -inf padding: (B, C, H, W) -> (B, C, Ho, Wo)."""
 
@@ -322,24 +460,29 @@ class ConvBnAct(Sequential):
     """Convolution (no bias) -> BatchNorm2d -> activation; children `conv`, `bn`, `act`.
 
     The unit every ResNet-like network is built from: the convolution needs no bias because
-    BatchNorm's own bias follows it.
+    BatchNorm's own bias follows it. groups > 1: a `GroupedConv2d`. The state-dict keys
+    (`conv.weight`, `bn.*`) are those of timm's `ConvNormAct` too.
     """
 
     def __init__(
-        self, in_ch, out_ch, kernel_size=1, *, stride=1, act="relu", dtype=np.float32, rng=None
+        self,
+        in_ch,
+        out_ch,
+        kernel_size=1,
+        *,
+        stride=1,
+        groups=1,
+        act="relu",
+        dtype=np.float32,
+        rng=None,
     ):
         if act not in ACTIVATIONS:
             raise HaloRefError(f"act={act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
-        conv = Conv2d(
-            in_ch,
-            out_ch,
-            kernel_size,
-            stride=stride,
-            padding=kernel_size // 2,
-            bias=False,
-            dtype=dtype,
-            rng=rng,
-        )
+        kwargs = dict(stride=stride, padding=kernel_size // 2, bias=False, dtype=dtype, rng=rng)
+        if groups == 1:
+            conv = Conv2d(in_ch, out_ch, kernel_size, **kwargs)
+        else:
+            conv = GroupedConv2d(in_ch, out_ch, kernel_size, groups=groups, **kwargs)
         super().__init__(
             ("conv", conv), ("bn", BatchNorm2d(out_ch, dtype=dtype)), ("act", ACTIVATIONS[act]())
         )

@@ -267,3 +267,67 @@ def test_cross_entropy_rejects_bad_labels():
         L.cross_entropy_forward(logits, np.eye(4)[:3].astype(int))
     with pytest.raises(HaloRefError, match="label_smoothing"):
         L.cross_entropy_forward(logits, np.array([0, 1, 2]), 1.5)
+
+
+# -- the layers of timm's HaloNets: grouped convolution, squeeze-and-excitation, ECA ------------
+@pytest.mark.parametrize(
+    "kernel,stride,padding,groups", [(3, 1, 1, 2), (3, 2, 1, 4), (3, 1, 0, 3), (1, 2, 0, 2)]
+)
+def test_grouped_conv2d_gradients(kernel, stride, padding, groups):
+    """Both paths of a group: im2col (3x3) and the 1x1 product (1x1, strided)."""
+    rng = np.random.default_rng(groups)
+    C, O = 2 * groups, 3 * groups
+    check_pair(
+        lambda x, weight, bias: L.grouped_conv2d_forward(x, weight, bias, stride, padding, groups),
+        L.grouped_conv2d_backward,
+        dict(
+            x=rng.standard_normal((2, C, 5, 6)),
+            weight=rng.standard_normal((O, 2, kernel, kernel)),
+            bias=rng.standard_normal(O),
+        ),
+    )
+
+
+def test_grouped_conv2d_is_a_block_diagonal_conv():
+    """groups = 2 is a dense convolution whose weight is zero between different groups."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 6, 5, 5)), rng.standard_normal((4, 3, 3, 3))
+    dense = np.zeros((4, 6, 3, 3))
+    dense[:2, :3], dense[2:, 3:] = w[:2], w[2:]
+    out, _ = L.grouped_conv2d_forward(x, w, None, 1, 1, groups=2)
+    expected, _ = L.conv2d_forward(x, dense, None, 1, 1)
+    # the same 27 products per output; the dense sum adds 27 exact zeros: rounding only
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+
+
+def test_squeeze_excite_gradients():
+    rng = np.random.default_rng(1)
+    check_pair(
+        L.squeeze_excite_forward,
+        L.squeeze_excite_backward,
+        dict(
+            x=rng.standard_normal((2, 6, 3, 4)),
+            w1=rng.standard_normal((3, 6, 1, 1)),
+            b1=rng.standard_normal(3),
+            w2=rng.standard_normal((6, 3, 1, 1)),
+            b2=rng.standard_normal(6),
+        ),
+    )
+
+
+@pytest.mark.parametrize("channels", [5, 64, 256])
+def test_eca_gradients(channels):
+    """k = 3, 3 and 5: the channels near both ends read the zero padding."""
+    rng = np.random.default_rng(channels)
+    k = L.eca_kernel_size(channels)
+    check_pair(
+        L.eca_forward,
+        L.eca_backward,
+        dict(x=rng.standard_normal((2, channels, 3, 2)), weight=rng.standard_normal((1, 1, k))),
+    )
+
+
+def test_eca_kernel_sizes_follow_the_paper():
+    # k = the odd number at or above int((log2 C + 1) / 2), at least 3 (ECA-Net, eq. 12)
+    sizes = [L.eca_kernel_size(c) for c in (16, 64, 128, 256, 512, 1024)]
+    assert sizes == [3, 3, 5, 5, 5, 5]

@@ -177,3 +177,78 @@ def test_batchnorm2d_on_both_backends_agrees(dtype):
     for name, a, c in zip(("out", "dx", "dw", "db", "rm", "rv"), *results, strict=True):
         assert a.dtype == dtype, name
         assert_close(a, c, rtol=rtol, name=name)
+
+
+# -- the layers of timm's HaloNets -----------------------------------------------------------------
+TIMM_LAYERS = {
+    "grouped conv": (
+        lambda: hnn.GroupedConv2d(4, 6, 3, groups=2, padding=1, dtype=np.float64, rng=0),
+        (2, 4, 4, 4),
+    ),
+    "squeeze-excite": (lambda: hnn.SqueezeExcite(8, 4, dtype=np.float64, rng=0), (2, 8, 3, 3)),
+    "eca": (lambda: hnn.EfficientChannelAttention(8, dtype=np.float64, rng=0), (2, 8, 3, 3)),
+    "bn + silu": (lambda: hnn.BatchNormAct2d(4, act="silu", dtype=np.float64), (3, 4, 3, 3)),
+    "grouped ConvBnAct": (
+        lambda: hnn.ConvBnAct(4, 8, 3, stride=2, groups=4, dtype=np.float64, rng=0),
+        (2, 4, 5, 5),
+    ),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", TIMM_LAYERS)
+def test_timm_layer_modules_gradients(name, training):
+    make, shape = TIMM_LAYERS[name]
+    layer = make()
+    layer.train(training)
+    check_layer_gradients(layer, np.random.default_rng(3).standard_normal(shape), rng=4)
+    assert set(layer.grads) == set(layer.params)
+
+
+def test_grouped_conv_rejects_groups_that_do_not_divide():
+    with pytest.raises(HaloRefError, match="groups=4 must divide in_channels=6") as e:
+        hnn.GroupedConv2d(6, 8, 3, groups=4)
+    one_line(e)
+    conv = hnn.GroupedConv2d(4, 8, 3, groups=2, padding=1)
+    with pytest.raises(HaloRefError, match="2 channels.*expects 4"):
+        conv.forward(np.zeros((1, 2, 5, 5), np.float32))
+    assert conv.params["weight"].shape == (8, 2, 3, 3) and "groups=2" in repr(conv)
+
+
+@pytest.mark.torch
+def test_timm_layer_modules_match_timm(timm, torch):
+    """timm's SEModule, EcaModule, BatchNormAct2d and torch's grouped Conv2d on the same random
+    weights: outputs, dx and every parameter gradient (float64, TORCH_RTOL)."""
+    from timm.layers import BatchNormAct2d, EcaModule, SEModule
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 32, 5, 5))
+    cases = [
+        (SEModule(32, rd_channels=8), hnn.SqueezeExcite(32, 8, dtype=np.float64, rng=0)),
+        (EcaModule(32), hnn.EfficientChannelAttention(32, dtype=np.float64, rng=0)),
+        (
+            BatchNormAct2d(32, act_layer="silu"),
+            hnn.BatchNormAct2d(32, act="silu", dtype=np.float64),
+        ),
+        (
+            torch.nn.Conv2d(32, 16, 3, stride=2, padding=1, groups=4, bias=False),
+            hnn.GroupedConv2d(
+                32, 16, 3, groups=4, stride=2, padding=1, bias=False, dtype=np.float64, rng=0
+            ),
+        ),
+    ]
+    for theirs, ours in cases:
+        theirs = theirs.double()
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.normal_()
+        ours.load_state_dict(theirs.state_dict())
+        xt = torch.tensor(x, requires_grad=True)
+        out = theirs(xt)
+        dout = rng.standard_normal(tuple(out.shape))
+        out.backward(torch.tensor(dout))
+        name = type(theirs).__name__
+        assert_close(ours.forward(x), out.detach().numpy(), rtol=TORCH_RTOL, name=name)
+        assert_close(ours.backward(dout), xt.grad.numpy(), rtol=TORCH_RTOL, name=f"{name} dx")
+        for k, p in theirs.named_parameters():
+            assert_close(ours.grads[k], p.grad.numpy(), rtol=TORCH_RTOL, name=f"{name} {k}")
