@@ -19,7 +19,6 @@ from .. import backend as backends
 from .._checks import (
     HaloRefError,
     check_choice,
-    check_feature_map,
     check_positive_int,
     float_dtype,
 )
@@ -27,7 +26,9 @@ from ..attention.layer import HaloAttention
 from ..nn.init import as_generator
 from ..nn.layers import ACTIVATIONS, BnAct, ConvBnAct, GlobalAvgPool, Linear, MaxPool2d, Sequential
 from ..nn.module import Module
+from .classifier import ImageClassifier
 from .configs import CONFIGS, NAMES, HaloNetConfig, StageConfig, input_multiple, value_channels
+from .timm_byobnet import TIMM_NAMES, timm_halonet
 
 
 # -- the bottleneck block --------------------------------------------------------------------
@@ -139,7 +140,7 @@ class HaloBottleneck(Module):
 
 
 # -- the network -----------------------------------------------------------------------------
-class HaloNet(Sequential):
+class HaloNet(ImageClassifier):
     """A whole HaloNet: children `stem`, `stages` (`stages.<i>.<j>` is block j of stage i),
     optional `final_conv`, `pool`, `fc`.
 
@@ -149,7 +150,6 @@ class HaloNet(Sequential):
     """
 
     def __init__(self, cfg: HaloNetConfig, *, num_classes, in_chans, dtype, rng, backend=None):
-        backend = None if backend is None else backends.resolve(backend)
         dt = float_dtype(dtype)
         rng = as_generator(rng)
         act = cfg.act
@@ -188,50 +188,43 @@ class HaloNet(Sequential):
             ch = cfg.final_chs
         parts += [("pool", GlobalAvgPool()), ("fc", Linear(ch, num_classes, dtype=dt, rng=rng))]
         super().__init__(*parts)
-        self.config, self.num_classes, self.in_chans, self.dtype = cfg, num_classes, in_chans, dt
-        self.backend = backend
-        self.input_multiple = 1 if cfg.pad_to_blocks else input_multiple(cfg)
+        self.config = cfg
+        self._set_io(
+            name=cfg.name,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dtype=dt,
+            input_multiple=1 if cfg.pad_to_blocks else input_multiple(cfg),
+            backend=backend,
+        )
 
     def __repr__(self):
         return f"HaloNet({self.config.name!r}, params={count_params(self)})"
 
-    def forward(self, x):
-        """x: (B, in_chans, H, W) -> logits (B, num_classes)."""
-        owner = f"halonet({self.config.name!r}).forward"
-        x = check_feature_map(x, "x", channels=self.in_chans, dtype=self.dtype, owner=owner)
-        H, W = x.shape[2:]
-        m = self.input_multiple
-        if H % m or W % m or min(H, W) < m:
-            raise HaloRefError(
-                f"{owner}: image size {H}x{W} cannot be cut into the model's attention blocks; "
-                f"H and W must be multiples of {m} (e.g. resize or pad to "
-                f"{max(m, -(-H // m) * m)}x{max(m, -(-W // m) * m)})"
-            )
-        with backends.use(self.backend):
-            return super().forward(x)
 
-    def backward(self, dlogits):
-        """dlogits: (B, num_classes) -> dx (B, in_chans, H, W); fills `grads`."""
-        if not isinstance(dlogits, np.ndarray) or dlogits.shape[-1:] != (self.num_classes,):
-            got = getattr(dlogits, "shape", type(dlogits).__name__)
-            raise HaloRefError(
-                f"halonet.backward: dlogits must have shape (B, {self.num_classes}), got {got}"
-            )
-        with backends.use(self.backend):
-            return super().backward(dlogits.astype(self.dtype, copy=False))
+def halonet(name, *, num_classes=None, in_chans=3, dtype=np.float32, rng=None, backend=None):
+    """Build the named HaloNet: "micro" (8x8 digits), "tiny" (CIFAR-10), "h0".."h7", or one of
+    timm's (`halo_ref.models.timm_byobnet.TIMM_NAMES`, e.g. "halonet26t": timm's layers, with
+    timm's state-dict keys and shapes).
 
-
-def halonet(name, *, num_classes=10, in_chans=3, dtype=np.float32, rng=None, backend=None):
-    """Build the named HaloNet: "micro" (8x8 digits), "tiny" (CIFAR-10) or "h0".."h7".
-
-    num_classes: width of the logits; in_chans: input channels (1 for grayscale);
-    dtype: np.float32 or np.float64; rng: seed or Generator for the initial weights;
-    backend: None (each call follows `halo_ref.backend.current()`, Numba's kernels by default),
-    "numba", "numpy" or a `halo_ref.backend.Backend`, for every layer.
-    Returns a `HaloNet` with forward(x (B, in_chans, H, W)) -> (B, num_classes).
+    num_classes: width of the logits (default 10; 1000, ImageNet's, for timm's models);
+    in_chans: input channels (1 for grayscale); dtype: np.float32 or np.float64; rng: seed or
+    Generator for the initial weights; backend: None (each call follows
+    `halo_ref.backend.current()`, Numba's kernels by default), "numba", "numpy" or a
+    `halo_ref.backend.Backend`, for every layer.
+    Returns a `HaloNet` (or a `TimmHaloNet`) with forward(x (B, in_chans, H, W)) -> (B, num_classes).
     """
-    check_choice(name, "name", NAMES)
-    num_classes = check_positive_int(num_classes, "num_classes")
+    if name in TIMM_NAMES:
+        return timm_halonet(
+            name,
+            num_classes=1000 if num_classes is None else num_classes,
+            in_chans=in_chans,
+            dtype=dtype,
+            rng=rng,
+            backend=backend,
+        )
+    check_choice(name, "name", NAMES + TIMM_NAMES)
+    num_classes = check_positive_int(10 if num_classes is None else num_classes, "num_classes")
     in_chans = check_positive_int(in_chans, "in_chans")
     return HaloNet(
         CONFIGS[name],
