@@ -148,7 +148,10 @@ API_GROUPS = [
     ("Building blocks", [
         "halo_ref.nn", "halo_ref.nn.functional", "halo_ref.nn.kernels", "halo_ref.nn.module",
         "halo_ref.nn.layers", "halo_ref.nn.init"]),
-    ("Models", ["halo_ref.models", "halo_ref.models.configs", "halo_ref.models.halonet"]),
+    ("Models", [
+        "halo_ref.models", "halo_ref.models.configs", "halo_ref.models.classifier",
+        "halo_ref.models.halonet", "halo_ref.models.timm_byobnet", "halo_ref.models.pretrained",
+        "halo_ref.imagenet"]),
     ("Training", [
         "halo_ref.training", "halo_ref.training.config", "halo_ref.training.data",
         "halo_ref.training.data.dataset", "halo_ref.training.data.augment",

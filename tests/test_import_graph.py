@@ -186,6 +186,37 @@ def test_a_planted_bad_import_is_caught(tmp_path, file, line, problem):
     assert any(problem in p for p in found) and any("inside a function" in p for p in found)
 
 
+def torch_importers(root: Path = PACKAGE):
+    """(modules importing torch at their top, modules importing it inside a function only)."""
+    top, lazy = set(), set()
+    for name, path in read_graph(root)[0].items():
+        tree = ast.parse(path.read_text())
+        inside = {
+            id(node)
+            for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(f)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n == "torch" or n.startswith("torch.") for n in names):
+                (lazy if id(node) in inside else top).add(name)
+    return top, lazy - top
+
+
+def test_only_the_pytorch_side_imports_torch():
+    """PyTorch is imported at the top of the PyTorch side (verification/torch_side.py) only, and
+    inside a function only where a PyTorch weight file (.pth) is read."""
+    top, lazy = torch_importers()
+    assert top == LAZY_ALLOWED
+    assert lazy == {"halo_ref.models.pretrained"}
+
+
 def test_the_library_imports_without_pytorch():
     """Every module but the PyTorch side imports with torch missing, and asking for a PyTorch
     adapter says what to install."""
