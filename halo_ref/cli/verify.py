@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._checks import Number
 from ..verification.adapters import resolve_adapter
-from ..verification.vectors import DTYPES, generate_vectors, load_vectors
+from ..verification.vectors import CONFIG_GRID, DTYPES, PAD_GRID, generate_vectors, load_vectors
 from ..verification.verify import verify
 
 
@@ -51,7 +51,7 @@ def run(args) -> int:
     if args.vectors:
         vectors = load_vectors(args.vectors, dtypes=dtypes)
     else:
-        vectors = generate_vectors(dtypes=dtypes)
+        vectors = generate_vectors(dtypes=dtypes, configs=CONFIG_GRID + PAD_GRID)
     report = verify(adapter, vectors)
     print(report.render(details=args.details))
     return 0 if report.passed else 1

@@ -16,6 +16,7 @@ from .._checks import HaloRefError
 from ..attention.layer import HaloAttention
 from ..models import halonet
 from ..nn.functional import cross_entropy_backward, cross_entropy_forward
+from .vectors import pad_then_crop
 from .verify import Adapter
 
 # The keyword arguments of `HaloAttention` that a layer vector's configuration holds.
@@ -42,8 +43,8 @@ def halo_ref_adapter(backend="numba") -> Adapter:
             config["dim"], config["dim_out"], **kw, dtype=x.dtype, backend=backend
         )
         layer.load_state_dict(weights)
-        out = layer.forward(x)
-        dx = layer.backward(dout)
+        padded = config["derived"].get("padded_input_shape", x.shape)[2:]
+        out, dx = pad_then_crop(layer.forward, layer.backward, x, dout, padded)
         return out, dx, layer.grads
 
     def run_model(config, x, labels, weights):
@@ -61,7 +62,9 @@ def halo_ref_adapter(backend="numba") -> Adapter:
         dx = model.backward(cross_entropy_backward(cache))
         return logits, loss, dx, model.grads
 
-    return Adapter(f"halo_ref (backend {backend.name!r})", run, run_model=run_model)
+    return Adapter(
+        f"halo_ref (backend {backend.name!r})", run, run_model=run_model, pad_to_blocks=True
+    )
 
 
 def _torch_side():

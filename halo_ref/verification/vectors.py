@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -92,6 +93,10 @@ class VectorConfig:
     batch: int = 2
     height: int = 8
     width: int = 8
+    # pad-then-crop (halo_ref's HaloNets): x is zero-padded at the bottom and right up to a
+    # multiple of lcm(block_size, stride), and the output cropped to ceil(H / stride) rows and
+    # ceil(W / stride) columns. Its own semantics: timm's HaloAttn rejects such maps.
+    pad_to_blocks: bool = False
 
     def layer_kwargs(self) -> dict:
         """Keyword arguments of `HaloAttention` (and, without border, of timm's `HaloAttn`)."""
@@ -111,10 +116,21 @@ class VectorConfig:
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.dim, self.height, self.width)
 
+    def padded_size(self) -> tuple[int, int]:
+        """(H, W) after pad-then-crop's zero padding (the input size without it)."""
+        if not self.pad_to_blocks:
+            return self.height, self.width
+        m = math.lcm(self.block_size, self.stride)
+        return -(-self.height // m) * m, -(-self.width // m) * m
+
     def derived(self) -> dict:
         """Quantities an implementation derives from the arguments (stated to avoid guesswork)."""
         pool, query_stride = downsampling(self.stride, self.block_size, self.avg_down)
+        extra = {}
+        if self.pad_to_blocks:
+            extra["padded_input_shape"] = [self.batch, self.dim, *self.padded_size()]
         return dict(
+            **extra,
             dim_head_v=self.dim_out // self.num_heads,
             scale=float(self.dim_head) ** -0.5,
             win_size=self.block_size + 2 * self.halo_size,
@@ -124,8 +140,8 @@ class VectorConfig:
             output_shape=[
                 self.batch,
                 self.dim_out,
-                self.height // self.stride,
-                self.width // self.stride,
+                -(-self.height // self.stride),
+                -(-self.width // self.stride),
             ],
         )
 
@@ -133,6 +149,8 @@ class VectorConfig:
         """The configuration as stored in manifest.json (arguments, input shape, derived)."""
         d = asdict(self)
         d.pop("name"), d.pop("purpose")
+        if not self.pad_to_blocks:  # absent means False: earlier manifests stay byte-identical
+            d.pop("pad_to_blocks")
         d["input_shape"] = list(self.input_shape)
         d["derived"] = self.derived()
         return d
@@ -224,6 +242,38 @@ def _grid() -> tuple[VectorConfig, ...]:
 CONFIG_GRID = _grid()
 
 
+def _pad_grid() -> tuple[VectorConfig, ...]:
+    """Maps whose size is not a multiple of the block, under the pad-then-crop rule."""
+    base = [
+        ("pad_crop", "7x10 map, 4x4 blocks: zero-padded to 8x12, output cropped to 7x10", {}),
+        (
+            "pad_crop_stride2",
+            "7x10 map, stride 2 by strided queries: padded to 8x12, output cropped to 4x5",
+            dict(stride=2),
+        ),
+        (
+            "pad_crop_odd_block",
+            "5x7 map, odd 3x3 blocks, stride 2 (pooled): padded to 6x12 (lcm 6), cropped to 3x4",
+            dict(stride=2, block_size=3, height=5, width=7, dim_head=2),
+        ),
+    ]
+    defaults = dict(
+        dim=8, dim_out=8, num_heads=2, dim_head=4, block_size=4, halo_size=1, height=7, width=10
+    )
+    return tuple(
+        VectorConfig(
+            name=f"{name}-{border}",
+            purpose=purpose,
+            **{**defaults, **overrides, "border": border, "pad_to_blocks": True},
+        )
+        for border in ("zeros", "mask")
+        for name, purpose, overrides in base
+    )
+
+
+PAD_GRID = _pad_grid()
+
+
 @dataclass(frozen=True)
 class ModelVectorConfig:
     """A whole HaloNet from `halo_ref.models` on a small batch, with its mean cross-entropy.
@@ -297,12 +347,29 @@ def reference_result(config: VectorConfig, x, weights, dout) -> dict[str, np.nda
         config.dim, config.dim_out, **config.layer_kwargs(), dtype=np.float64, backend=BACKEND
     )
     layer.load_state_dict({k: np.asarray(v, np.float64) for k, v in weights.items()})
-    out = layer.forward(np.asarray(x, np.float64))
-    dx = layer.backward(np.asarray(dout, np.float64))
+    out, dx = pad_then_crop(
+        layer.forward, layer.backward, np.asarray(x, np.float64), np.asarray(dout, np.float64),
+        config.padded_size(),
+    )  # fmt: skip
     result = {"out": out, "dx": dx}
     for key in sorted(layer.grads):
         result[GRAD_PREFIX + key] = layer.grads[key]
     return result
+
+
+def pad_then_crop(forward, backward, x, dout, padded_size):
+    """Run a layer under the pad-then-crop rule: x (B, C, H, W) zero-padded at the bottom and
+    right to `padded_size`, the output cropped to dout's (H', W'); the backward pads dout with
+    zeros (cropped outputs had no effect) and crops dx back to x's size. Returns (out, dx)."""
+    H, W = x.shape[2:]
+    Hp, Wp = padded_size
+    xp = np.pad(x, ((0, 0), (0, 0), (0, Hp - H), (0, Wp - W)))  # B, C, Hp, Wp
+    out = forward(xp)
+    Ho, Wo = dout.shape[2:]
+    dout_p = np.zeros(out.shape, dtype=dout.dtype)
+    dout_p[:, :, :Ho, :Wo] = dout
+    dx = backward(dout_p)
+    return out[:, :, :Ho, :Wo], dx[:, :, :H, :W]
 
 
 def make_vector(config: VectorConfig, *, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
@@ -440,15 +507,41 @@ def _is_result(key: str) -> bool:
     return key in RESULT_KEYS or key.startswith(GRAD_PREFIX)
 
 
-def write_vectors(out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_GRID) -> dict:
-    """Write one `.npz` per configuration and dtype, then `manifest.json`, into `out_dir`.
+def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """The arrays as one `.safetensors` file (same keys as the `.npz`; readers exist for Rust,
+    C++, JavaScript and more). The format orders the tensors itself (by alignment, then name);
+    the metadata goes in as one JSON string under one key, since the writer stores a map of
+    several keys in an order that changes from run to run."""
+    try:
+        from safetensors.numpy import save
+    except ImportError:
+        raise HaloRefError(
+            "--format safetensors needs the safetensors package: pip install safetensors"
+        ) from None
+    meta = {"halo_ref": json.dumps(metadata, sort_keys=True)}
+    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta)
 
-    Files are named `<config name>.<dtype>.npz`. The manifest is written last, so a manifest
-    always describes complete files. Returns the manifest (a dict).
+
+FORMATS = ("npz", "safetensors")
+
+
+def write_vectors(
+    out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_GRID, formats=("npz",)
+) -> dict:
+    """Write one file per configuration, dtype and format, then `manifest.json`, into `out_dir`.
+
+    Files are named `<config name>.<dtype>.npz` (and `.safetensors` with formats including
+    "safetensors": the same arrays under the same names). The manifest is written last, so a
+    manifest always describes complete files. Returns the manifest (a dict).
     """
     SEED.check(seed, "seed")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise HaloRefError(f"--format {unknown or formats}: choose npz, safetensors or both")
     out = Path(check_out_folder(out_dir, "out_dir", flag="out"))
-    names = [f"{c.name}.{dt}.npz" for c in (*configs, *models) for dt in DTYPES] + [MANIFEST]
+    names = [
+        f"{c.name}.{dt}.{fmt}" for c in (*configs, *models) for dt in DTYPES for fmt in formats
+    ] + [MANIFEST]
     taken = [n for n in names if (out / n).exists()]
     if taken:
         more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
@@ -462,15 +555,22 @@ def write_vectors(out_dir, *, seed: int = 0, configs=CONFIG_GRID, models=MODEL_G
     for config in (*configs, *models):
         files = {}
         for dtype, arrays in _make(config, seed).items():
-            data = npz_bytes(arrays)
-            filename = f"{config.name}.{dtype}.npz"
-            atomic_write(out / filename, lambda f, data=data: f.write(data))
-            files[dtype] = {
-                "file": filename,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "arrays": _describe(arrays),
-            }
+            entry = {"arrays": _describe(arrays)}
+            for fmt in formats:
+                if fmt == "npz":
+                    data = npz_bytes(arrays)
+                else:
+                    meta = {"format": "halo_ref golden vectors", "name": config.name}
+                    data = safetensors_bytes(arrays, {**meta, "dtype": dtype})
+                filename = f"{config.name}.{dtype}.{fmt}"
+                atomic_write(out / filename, lambda f, data=data: f.write(data))
+                written = {"file": filename, "sha256": hashlib.sha256(data).hexdigest()}
+                written["bytes"] = len(data)
+                if fmt == "npz":  # the manifest's original place
+                    entry.update(written)
+                else:  # other formats under their own name
+                    entry[fmt] = written
+            files[dtype] = entry
         entries.append(
             {
                 "name": config.name,
@@ -573,11 +673,19 @@ def load_manifest(directory) -> dict:
     return manifest
 
 
-def load_vectors(directory, *, dtypes=DTYPES, check_hashes: bool = True) -> list[Vector]:
+def _read_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    return load(data)
+
+
+def load_vectors(
+    directory, *, dtypes=DTYPES, check_hashes: bool = True, format: str = "npz"
+) -> list[Vector]:
     """Load every vector of a folder written by `write_vectors`, checking each SHA-256.
 
-    dtypes: which copies to load ("float64", "float32"). Raises `HaloRefError` when a file is
-    missing, altered (hash mismatch) or unreadable.
+    dtypes: which copies to load ("float64", "float32"); format: "npz" or "safetensors".
+    Raises `HaloRefError` when a file is missing, altered (hash mismatch) or unreadable.
     """
     directory = Path(directory)
     manifest = load_manifest(directory)
@@ -585,7 +693,9 @@ def load_vectors(directory, *, dtypes=DTYPES, check_hashes: bool = True) -> list
     for entry in manifest["vectors"]:
         for dtype in dtypes:
             info = entry["files"].get(dtype)
-            if info is None:
+            if info is not None and format != "npz":
+                info = info.get(format)
+            if info is None or "file" not in info:
                 continue
             path = directory / info["file"]
             try:
@@ -600,10 +710,13 @@ def load_vectors(directory, *, dtypes=DTYPES, check_hashes: bool = True) -> list
                     "truncated; regenerate the vectors"
                 )
             try:
-                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                    arrays = {k: npz[k] for k in npz.files}
-            except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise HaloRefError(f"{path} is not a readable .npz file ({exc})") from None
+                if format == "safetensors":
+                    arrays = _read_safetensors(data)
+                else:
+                    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                        arrays = {k: npz[k] for k in npz.files}
+            except Exception as exc:  # any reader error: zip, npy header, safetensors header
+                raise HaloRefError(f"{path} is not a readable .{format} file ({exc})") from None
             vectors.append(
                 Vector(
                     entry["name"],

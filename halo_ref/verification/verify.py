@@ -55,6 +55,9 @@ class Adapter:
     run: Callable | None
     supports: Callable[[dict], str | None] = field(default=lambda config: None)
     run_model: Callable | None = None
+    # whether `run` implements the pad-then-crop rule for maps that are not a multiple of the
+    # block (vectors with config["pad_to_blocks"]); without it those vectors are n/a
+    pad_to_blocks: bool = False
 
 
 @dataclass
@@ -272,6 +275,8 @@ def check_vector(adapter: Adapter, vector: Vector, *, rtol: float | None = None)
     else:
         run = adapter.run
         reason = adapter.supports(vector.config) if run else "the adapter has no run"
+        if not reason and vector.config.get("pad_to_blocks") and not adapter.pad_to_blocks:
+            reason = "pad-then-crop vector; the adapter does not declare that rule"
     if reason:
         result.note = reason
         return result

@@ -3,6 +3,7 @@ correctness of the stored answers (against the dense oracle and finite differenc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,11 +17,14 @@ import pytest
 from halo_ref import HaloRefError
 from halo_ref.attention.dense import dense_halo_attention_forward
 from halo_ref.cli.main import main
+from halo_ref.nn.functional import avgpool2x2_forward, conv1x1_forward
+from halo_ref.verification.adapters import halo_ref_adapter
 from halo_ref.verification.testing import check_gradients, relative_error
 from halo_ref.verification.vectors import (
     CONFIG_GRID,
     MANIFEST,
     MODEL_GRID,
+    PAD_GRID,
     TOLERANCES,
     ZIP_DATE,
     generate_vectors,
@@ -29,6 +33,7 @@ from halo_ref.verification.vectors import (
     reference_result,
     write_vectors,
 )
+from halo_ref.verification.verify import NOT_APPLICABLE, PASS, verify
 
 ONE_CONFIG = CONFIG_GRID[:1]
 
@@ -98,7 +103,8 @@ def test_manifest_describes_every_file(written):
     # deterministic JSON: re-serialising with sorted keys gives the same bytes
     assert json.dumps(manifest, sort_keys=True, indent=2) + "\n" == manifest_bytes.decode()
     assert manifest["tolerances"] == TOLERANCES
-    assert [v["name"] for v in manifest["vectors"]] == [c.name for c in (*CONFIG_GRID, *MODEL_GRID)]
+    names = [c.name for c in (*CONFIG_GRID, *PAD_GRID, *MODEL_GRID)]
+    assert [v["name"] for v in manifest["vectors"]] == names
     files = {MANIFEST}
     for entry in manifest["vectors"]:
         for dtype, info in entry["files"].items():
@@ -232,6 +238,87 @@ def test_bad_folders_give_one_line_errors(tmp_path):
     with pytest.raises(HaloRefError, match="out_dir=.* is a file, not a folder"):
         write_vectors(a_file)
     assert main(["vectors", "--out", str(a_file)]) == 2
+
+
+# -- pad-then-crop vectors and the safetensors copies -------------------------------------------
+def test_pad_then_crop_vectors_are_the_oracle_on_the_padded_map():
+    """Zero-pad x at the bottom and right to a multiple of lcm(block, stride), attend with the
+    dense oracle, crop: the stored output; and the gradients pass finite differences."""
+    for config in PAD_GRID:
+        v = make_vector(config)["float64"]
+        c = config.to_json()
+        assert c["pad_to_blocks"] and c["input_shape"][2] % config.block_size != 0
+        Hp, Wp = config.padded_size()
+        w = {k: a for k, a in v.items() if k not in ("x", "dout") and not _is_result_key(k)}
+        xp = np.pad(v["x"], ((0, 0), (0, 0), (0, Hp - config.height), (0, Wp - config.width)))
+        s = c["derived"]["query_stride"]
+        q, _ = conv1x1_forward(xp, w["q.weight"], None, s)
+        kv, _ = conv1x1_forward(xp, w["kv.weight"], None)
+        out, _ = dense_halo_attention_forward(
+            q, kv, w["pos_embed.height_rel"], w["pos_embed.width_rel"],
+            num_heads=config.num_heads, block_size=config.block_size,
+            halo_size=config.halo_size, query_stride=s, scale=c["derived"]["scale"],
+            scale_pos_embed=config.scale_pos_embed, border=config.border,
+        )  # fmt: skip
+        if c["derived"]["avg_pool_after"]:
+            out, _ = avgpool2x2_forward(out)
+        Ho, Wo = c["derived"]["output_shape"][2:]
+        assert v["out"].shape[2:] == (Ho, Wo)
+        assert out.shape[2] > Ho or out.shape[3] > Wo  # the padding did produce extra outputs
+        # two float64 computations in different orders: rounding only
+        assert relative_error(v["out"], out[:, :, :Ho, :Wo]) < 1e-12, config.name
+        x = v["x"].copy()
+
+        def loss(x=x, w=w, config=config, dout=v["dout"]):
+            return float(np.sum(dout * reference_result(config, x, w, dout)["out"]))
+
+        grads = {"x": v["dx"], **{k: v["grad/" + k] for k in w}}
+        check_gradients(loss, {"x": x, **w}, grads, rng=0)  # rel. error <= 1e-7
+
+
+def _is_result_key(key):
+    return key in ("out", "dx") or key.startswith("grad/")
+
+
+def test_pad_vectors_are_not_applicable_without_the_rule():
+    vectors = generate_vectors(dtypes=("float64",), configs=PAD_GRID, models=())
+    assert verify(halo_ref_adapter("numpy"), vectors).passed
+    plain = dataclasses.replace(halo_ref_adapter("numpy"), pad_to_blocks=False)
+    report = verify(plain, vectors)
+    assert {r.status for r in report.results} == {NOT_APPLICABLE} != {PASS}
+    assert "does not declare that rule" in report.results[0].note
+
+
+def test_safetensors_copies_hold_the_same_arrays(io_packages, tmp_path):
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "both"
+    assert main(["vectors", "--out", str(out), "--format", "both"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    count = 0
+    for entry in manifest["vectors"]:
+        for info in entry["files"].values():
+            st = info["safetensors"]
+            data = (out / st["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == st["sha256"] and len(data) == st["bytes"]
+            tensors = load_file(out / st["file"])
+            with np.load(out / info["file"], allow_pickle=False) as npz:
+                assert set(tensors) == set(npz.files)
+                for key in npz.files:
+                    assert tensors[key].dtype == npz[key].dtype
+                    np.testing.assert_array_equal(tensors[key], npz[key])
+            count += 1
+    assert count == 2 * len(manifest["vectors"])
+    by_format = load_vectors(out, format="safetensors")
+    by_npz = load_vectors(out)
+    assert [(v.name, v.dtype) for v in by_format] == [(v.name, v.dtype) for v in by_npz]
+    (out / manifest["vectors"][0]["files"]["float64"]["safetensors"]["file"]).write_bytes(b"x")
+    with pytest.raises(HaloRefError, match="does not match the SHA-256"):
+        load_vectors(out, format="safetensors")
+    again = tmp_path / "again"
+    assert main(["vectors", "--out", str(again), "--format", "safetensors"]) == 0
+    name = manifest["vectors"][1]["files"]["float32"]["safetensors"]["file"]
+    assert (again / name).read_bytes() == (out / name).read_bytes()  # byte for byte
 
 
 def test_vectors_already_written_are_never_overwritten(tmp_path, capsys):
