@@ -50,18 +50,29 @@ def test_small_models_match_timm_float64(timm, torch1, name, training):
     assert errors[worst] <= TOLERANCE["float64"], (worst, errors[worst])
 
 
+# halonet26t in training mode: ReLU and max-pool decisions at near-ties, which float32 rounding
+# can flip, with train-mode BatchNorm over 8 values per channel (2x2 maps) spreading a flipped
+# gradient over its channel. Its float32 gradients then err by 1e-5 or by 1e-1 depending on
+# which ties flip, and that changed between runs of timm itself in one process and the next
+# (dx: 7.5e-5 after other tests had run, 2.1e-2 and 1.4e-1 in fresh processes). Its float32
+# logits are continuous and compared; its gradients are compared in float64 and in eval mode.
+KINKED_IN_TRAINING = ("halonet26t",)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", TIMM_NAMES)
 def test_small_models_float32_as_accurate_as_timms(timm, torch1, name, training):
     """float32 against the float64 truth. These deep random networks on small images do not
     meet 1e-4 in float32, timm included: BatchNorm over a few values per channel and
-    saturated softmaxes amplify float32 rounding (timm's own float32 logits err by up to 3e-1
-    and its gradients by up to 1e0 here; docs/models.md). So each of halo_ref's float32
+    saturated softmaxes amplify float32 rounding (timm's own float32 logits err by up to 2e-3
+    and its gradients by up to 1e-1 here; docs/models.md). So each of halo_ref's float32
     arrays (logits, dx, every gradient) must meet 1e-4 or be within 10x of timm's own float32
-    error on that array."""
+    error on that array (only the logits for `KINKED_IN_TRAINING`)."""
     ours, theirs = compare_with_timm(
         timm, torch1, name, size=SIZE[name], dtype="float32", training=training
     )
+    if training and name in KINKED_IN_TRAINING:
+        ours = {"logits": ours["logits"]}
     bad = {
         k: (e, theirs[k]) for k, e in ours.items() if e > max(TOLERANCE["float32"], 10 * theirs[k])
     }
