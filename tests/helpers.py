@@ -181,16 +181,18 @@ def make_cifar_archive(folder, n_per_batch=4, tamper=None) -> tuple[str, str, di
 
 
 # -- checkpoints and images for predict and export ----------------------------------------------
-def fake_checkpoint(path, *, dataset, model, shape, class_names=(), pixel_max=255, seed=0):
+def fake_checkpoint(
+    path, *, dataset, model, shape, class_names=(), pixel_max=255, seed=0, dtype="float64"
+):
     """A checkpoint as `halo-ref train` writes it, holding a freshly initialised model.
 
     shape: (H, W, C) of the training images. The mean and std differ per channel so that a
     channel mix-up shows in the logits."""
     H, W, C = shape
     num_classes = max(len(class_names), 4)
-    net = halonet(model, num_classes=num_classes, in_chans=C, dtype=np.float64, rng=seed)
+    net = halonet(model, num_classes=num_classes, in_chans=C, dtype=np.dtype(dtype), rng=seed)
     meta = {
-        "config": {"model": model, "dataset": dataset, "dtype": "float64"},
+        "config": {"model": model, "dataset": dataset, "dtype": dtype},
         "num_classes": num_classes, "in_chans": C, "dataset_shape": [100, H, W, C],
         "mean": [0.3 * pixel_max + 5 * c for c in range(C)],
         "std": [0.2 * pixel_max + 3 * c for c in range(C)],

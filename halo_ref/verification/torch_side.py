@@ -13,9 +13,11 @@ enough, plus `pip install --no-deps timm` for timm's layer).
 - adapters for `halo_ref.verification.verify`: `timm_adapter()` and `torch_adapter(bug)`;
 - the model twin: `torch_twin(model)` builds the `torch.nn` network with the structure, child
   names and weights of a halo_ref model (timm's `HaloAttn` for each `HaloAttention`), so state
-  dicts move between the two key for key.
+  dicts move between the two key for key; `build_twin(name, ...)` builds it from a model name,
+  ready for the weights `halo-ref export` writes (`halo_ref.verification.export`), to train on
+  in PyTorch (a GPU, a cluster) like any `torch.nn.Module`.
 
-Used by the tests, the benchmarks and `halo-ref verify --against timm|torch`.
+Used by the tests, the benchmarks, `halo-ref verify --against timm|torch` and `halo-ref export`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch import nn
 
 from .._checks import HaloRefError
 from ..attention.layer import HaloAttention, downsampling
-from ..models.halonet import HaloBottleneck
+from ..models.halonet import HaloBottleneck, halonet
 from ..nn import layers
 from .verify import Adapter
 
@@ -318,3 +320,18 @@ def torch_twin(model):
     twin.load_state_dict(to_torch_state(model.state_dict()), strict=True)
     twin.train(model.training)
     return twin
+
+
+def build_twin(name: str, *, num_classes: int = 10, in_chans: int = 3, dtype=torch.float32):
+    """The torch twin of halo_ref's model `name` (`halo_ref.models.CONFIGS`), in evaluation
+    mode like a freshly loaded model (call `.train()` to train it), its weights initialised by
+    halo_ref (seed 0): load trained ones with `load_state_dict`."""
+    float64 = dtype == torch.float64
+    model = halonet(name, num_classes=num_classes, in_chans=in_chans,
+                    dtype=np.float64 if float64 else np.float32, rng=0)  # fmt: skip
+    return torch_twin(model.eval())
+
+
+def save_state(state, file) -> None:
+    """torch.save a halo_ref state dict (name -> array) as torch tensors into an open file."""
+    torch.save(to_torch_state(state), file)
