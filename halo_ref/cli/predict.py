@@ -1,17 +1,23 @@
 """`halo-ref predict`: the top classes of image files under a trained model, and optionally one
 attention layer's weights for chosen queries drawn over the images.
 
-The model comes from one function, `load_classifier(args)`: today a checkpoint of `halo-ref
-train` (`halo_ref.training.predict.load_trained`); a loader of other weights (issue 16's timm
-HaloNets, `load_pretrained`) returns the same `Classifier` fields and plugs in there.
+The model comes from one function, `load_classifier(args)`: a checkpoint of `halo-ref train`
+(`--checkpoint`, `halo_ref.training.predict.load_trained`), or timm's weights for one of its
+HaloNets (`--model NAME --weights FILE`, `halo_ref.models.pretrained.load_pretrained`, with
+timm's own preprocessing and the ImageNet class names); both give a `Classifier`.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from .. import backend
 from .._checks import COUNT, HaloRefError
+from ..imagenet import PRETRAINED_CFG
+from ..models.pretrained import load_pretrained
+from ..models.timm_byobnet import TIMM_NAMES
 from ..training.predict import Classifier, attention_maps, find_layer, load_trained, predict
 from ..viz import draw_attention, save_figure
 
@@ -19,14 +25,36 @@ from ..viz import draw_attention, save_figure
 def register(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="classify image files with a trained checkpoint (top-k classes, attention maps)",
+        help="classify image files with a trained checkpoint or timm's weights (top-k classes, "
+        "attention maps)",
         description="Reads each image (PNG, JPEG, anything Pillow reads, any size) the way the "
         "checkpoint's training read its images (brought to its size by covering it and "
-        "cutting out the centre, to grey or RGB, normalised with the training statistics) "
-        "and prints its K most probable classes with their names and probabilities.",
+        "cutting out the centre, to grey or RGB, normalised with the training statistics), "
+        "or, for timm's weights, by timm's own evaluation transform, and prints its K most "
+        "probable classes with their names and probabilities.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
-    p.add_argument("--checkpoint", required=True, help="a best.npz or checkpoint.npz")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a best.npz or checkpoint.npz of halo-ref train")
+    source.add_argument(
+        "--model",
+        "--timm-model",
+        dest="model",
+        choices=TIMM_NAMES,
+        metavar="NAME",
+        help=f"one of timm's HaloNets ({', '.join(TIMM_NAMES)}), with --weights",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="with --model: timm's state dict as .safetensors (or .pth/.pt/.bin with PyTorch)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="with --model: class names, one a line (default: timm's ImageNet names, if timm "
+        "is installed, else class numbers)",
+    )
     p.add_argument("--top-k", type=COUNT, default=5, help="classes shown per image (default 5)")
     p.add_argument(
         "--attention",
@@ -58,7 +86,23 @@ def register(sub) -> None:
 
 def load_classifier(args) -> Classifier:
     """The model the flags name. The one place a new kind of weights plugs in."""
-    return load_trained(args.checkpoint)
+    if args.checkpoint is not None:
+        for flag in ("weights", "labels"):
+            if getattr(args, flag) is not None:
+                raise HaloRefError(f"--{flag} goes with --model; a --checkpoint holds its own")
+        return load_trained(args.checkpoint)
+    if args.weights is None:
+        raise HaloRefError(f"--model {args.model} needs --weights FILE (timm's state dict)")
+    model, prep, names = load_pretrained(args.model, args.weights, labels=args.labels)
+    names = names or [str(i) for i in range(model.num_classes)]
+    cfg = PRETRAINED_CFG[args.model]
+    mean, std = np.asarray(cfg["mean"]), np.asarray(cfg["std"])
+
+    def picture(image: str) -> np.ndarray:  # what the model sees, back to uint8 RGB
+        rgb = prep(image)[0].transpose(1, 2, 0) * std + mean  # H, W, 3 in [0, 1]
+        return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+
+    return Classifier(model, prep, names, picture)
 
 
 def _queries(texts) -> list[tuple[int, int]] | None:

@@ -25,8 +25,8 @@ import numpy as np
 
 from .._checks import HaloRefError, arg
 from ..attention.layer import HaloAttention
+from ..imagenet import top_k
 from ..models import halonet
-from ..nn.functional import softmax_forward
 from ..viz import halo_layers, query_attention
 from .checkpoint import load_checkpoint
 from .data.images import read_image
@@ -104,12 +104,8 @@ class Guess(NamedTuple):
 
 def top_classes(logits: np.ndarray, k: int, names) -> list[list[Guess]]:
     """The k most probable classes of each row of logits (B, num_classes), most probable
-    first (ties: the lower index first). Probabilities are the softmax in float64."""
-    probs, _ = softmax_forward(np.asarray(logits, dtype=np.float64))  # B, num_classes
-    k = min(k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # B, k
-    return [[Guess(int(i), float(p[i]), names[i]) for i in row]
-            for p, row in zip(probs, order, strict=True)]  # fmt: skip
+    first (ties: the lower index first), by `halo_ref.imagenet.top_k` (softmax in float64)."""
+    return [[Guess(*g) for g in top_k(row, k, names)] for row in np.asarray(logits)]
 
 
 def predict(classifier: Classifier, images, k: int = 5) -> list[list[Guess]]:

@@ -91,3 +91,67 @@ def test_a_bad_image_or_layer_stops_before_any_output(tmp_path, capsys, monkeypa
     out, err = capsys.readouterr()
     assert out == "" and "--layer 9 is not a halo-attention layer of this model" in err
     assert not (tmp_path / "a.png").exists()
+
+
+# -- timm's pretrained HaloNets ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def timm_weights(tmp_path_factory, timm, io_packages):
+    """A JPEG, a random halonet26t of timm's saved as .safetensors, and timm's own logits for
+    the JPEG through timm's preprocessing (float32, evaluation mode)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from halo_ref.imagenet import PRETRAINED_CFG, preprocess
+
+    folder = tmp_path_factory.mktemp("timm")
+    photo = folder / "photo.jpg"
+    pixels = np.random.default_rng(5).integers(0, 256, (200, 260, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(photo, quality=90)
+    torch.manual_seed(0)
+    theirs = timm.create_model("halonet26t").eval()
+    save_file(theirs.state_dict(), folder / "halonet26t.safetensors")
+    with torch.no_grad():
+        x = torch.from_numpy(preprocess(photo, PRETRAINED_CFG["halonet26t"]))
+        logits = theirs(x).numpy()
+    return folder, str(photo), logits
+
+
+def test_timms_weights_predict_timms_top_classes_and_draw_attention(timm_weights, capsys):
+    from halo_ref.imagenet import top_k
+
+    folder, photo, logits = timm_weights
+    labels = folder / "labels.txt"
+    labels.write_text("".join(f"thing {i}\n" for i in range(1000)))
+    att = folder / "att.png"
+    argv = ["predict", "--model", "halonet26t", "--weights",
+            str(folder / "halonet26t.safetensors"), "--labels", str(labels), photo,
+            "--top-k", "3", "--attention", str(att), "--layer", "1"]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == photo and lines[4].startswith("attention of layer 1 drawn in")
+    # float32 on both sides agree to about 1e-6 of the largest logit (test_pretrained.py); the
+    # four largest logits here lie 1.7% of the largest or more apart, so the order is certain
+    want = [f"thing {i} (class {i})" for i, _, _ in top_k(logits, 3)]
+    assert [line.split("%  ")[1] for line in lines[1:4]] == want
+    assert att.exists()
+
+
+PRETRAINED_BAD = [
+    (["--model", "halonet26t"], "--model halonet26t needs --weights FILE"),
+    (["--checkpoint", "c.npz", "--weights", "w.safetensors"], "--weights goes with --model"),
+    (["--model", "resnet50", "--weights", "w.safetensors"], "argument --model/--timm-model: "
+     "invalid choice: 'resnet50'"),
+    (["--checkpoint", "c.npz", "--model", "halonet26t"], "not allowed with argument"),
+    ([], "one of the arguments --checkpoint --model/--timm-model is required"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, message", PRETRAINED_BAD, ids=[m for _, m in PRETRAINED_BAD])
+def test_the_two_sources_of_a_model_are_checked_in_one_line(
+    extra, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", *extra, "x.png"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("halo-ref: error: ") and err.count("\n") == 1, err
+    assert message in err and out == ""
