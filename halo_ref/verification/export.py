@@ -96,6 +96,8 @@ def export_checkpoint(checkpoint: str, out: str) -> Exported:
 def rebuild_lines(exported: Exported) -> list[str]:
     """The Python lines that rebuild the exported model in PyTorch (after `import torch`)."""
     i, path = exported.info, exported.path
+    # a float64 run's weights would be rounded by the twin's default float32
+    dtype = ", dtype=torch.float64" if i["dtype"] == "float64" else ""
     if path.endswith(".safetensors"):
         first, load = ["from safetensors.torch import load_file"], f"load_file({path!r})"
     else:
@@ -104,6 +106,6 @@ def rebuild_lines(exported: Exported) -> list[str]:
         *first,
         "from halo_ref.verification.torch_side import build_twin",
         f"net = build_twin({i['model']!r}, num_classes={i['num_classes']}, "
-        f"in_chans={i['in_chans']})",
+        f"in_chans={i['in_chans']}{dtype})",
         f"net.load_state_dict({load})",
     ]

@@ -160,3 +160,18 @@ def test_bad_outputs_are_one_line_and_nothing_is_written(
     with pytest.raises(HaloRefError, match="checkpoint nope.npz does not exist"):
         export_checkpoint("nope.npz", "new.safetensors")
     assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_a_float64_run_is_rebuilt_in_float64(torch, timm_halo_attn, tmp_path, capsys):
+    """The printed lines ask for a float64 twin, which holds a float64 run's weights unrounded
+    (the default float32 twin would round them to ~1e-8, far above the tolerance)."""
+    ckpt = fake_checkpoint(tmp_path / "d.npz", dataset="digits", model="micro", shape=(8, 8, 1),
+                           pixel_max=16)  # fmt: skip
+    out = str(tmp_path / "m.pt")
+    assert main(["export", "--checkpoint", ckpt, "--out", out]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2].endswith("in_chans=1, dtype=torch.float64)")
+    scope = {"torch": torch}
+    exec("\n".join(line.strip() for line in printed[1:-1]), scope)
+    want, x = halo_ref_logits(ckpt, load_dataset("digits").x_test[:8])
+    assert_close(want, twin_logits(torch, scope["net"], x), rtol=RTOL, name="float64 twin")
