@@ -21,8 +21,10 @@ def register(sub) -> None:
         "--against",
         required=True,
         metavar="IMPL",
-        help="timm (timm's HaloAttn), torch (halo_ref's PyTorch example), torch:<planted bug>, "
-        "or module:name for your own adapter (see docs/verification.md)",
+        help="timm (timm's HaloAttn), lucidrains (halonet-pytorch), kecam (keras-cv-attention-"
+        "models on PyTorch), flex or flex:backward (FlexAttention), torch (halo_ref's PyTorch "
+        "example), torch:<planted bug>, or module:name for your own adapter "
+        "(see docs/verification.md)",
     )
     p.add_argument(
         "--vectors",

@@ -2,9 +2,12 @@
 names one (`resolve_adapter`, for `halo-ref verify --against`).
 
 `halo_ref_adapter(backend)` is halo_ref itself on a backend (to check a new one); timm's
-`HaloAttn` and halo_ref's from-scratch PyTorch attention (with its planted bugs) are the
-adapters of `halo_ref.verification.torch_side`, loaded only when asked for (PyTorch is
-optional).
+`HaloAttn`, halo_ref's from-scratch PyTorch attention (with its planted bugs), and the halo
+attentions others wrote (lucidrains' `halonet-pytorch`, kecam, FlexAttention) are the adapters
+of `halo_ref.verification.torch_side`, loaded only when asked for (PyTorch is optional).
+
+Each adapter carries the `Semantics` of its implementation (`halo_ref.verification.semantics`):
+a vector outside them is "not applicable", with the reason, never a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .._checks import HaloRefError
 from ..attention.layer import HaloAttention
 from ..models import halonet
 from ..nn.functional import cross_entropy_backward, cross_entropy_forward
+from .semantics import EVERYTHING
 from .vectors import pad_then_crop
 from .verify import Adapter
 
@@ -33,6 +37,11 @@ LAYER_KEYS = (
 )
 
 
+# `halo-ref verify --against NAME` for the halo attentions others wrote (torch_side builds them)
+OUTSIDE_NAMES = ("lucidrains", "kecam", "flex", "flex:backward")
+
+
+# -- halo_ref itself ------------------------------------------------------------------------------
 def halo_ref_adapter(backend="numba") -> Adapter:
     """halo_ref itself, every layer on `backend` ("numba", "numpy" or a `Backend`)."""
     backend = backends.resolve(backend)
@@ -63,7 +72,11 @@ def halo_ref_adapter(backend="numba") -> Adapter:
         return logits, loss, dx, model.grads
 
     return Adapter(
-        f"halo_ref (backend {backend.name!r})", run, run_model=run_model, pad_to_blocks=True
+        f"halo_ref (backend {backend.name!r})",
+        run,
+        run_model=run_model,
+        pad_to_blocks=True,
+        semantics=EVERYTHING,
     )
 
 
@@ -79,8 +92,9 @@ def _torch_side():
 
 
 def resolve_adapter(spec: str) -> Adapter:
-    """An adapter from a command-line name: "timm", "torch", "torch:<bug>", "halo_ref:<backend>"
-    or "module:name".
+    """An adapter from a command-line name: "timm", "torch", "torch:<bug>", one of
+    `OUTSIDE_NAMES` ("lucidrains", "kecam", "flex", "flex:backward"), "halo_ref:<backend>" or
+    "module:name".
 
     "module:name" imports `module`; `name` is either an `Adapter` or a function
     run(config, x, weights, dout) -> (out, dx, grads) (then every configuration is tried).
@@ -90,13 +104,15 @@ def resolve_adapter(spec: str) -> Adapter:
     if spec == "torch" or spec.startswith("torch:"):
         bug = spec.split(":", 1)[1] if ":" in spec else None
         return _torch_side().torch_adapter(bug)
+    if spec in OUTSIDE_NAMES:
+        return _torch_side().outside_adapter(spec)
     if spec.startswith("halo_ref:"):
         return halo_ref_adapter(spec.split(":", 1)[1])
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise HaloRefError(
-            f"--against {spec!r} is not known; use timm, torch, torch:<bug>, halo_ref:<backend> "
-            "or module:function"
+            f"--against {spec!r} is not known; use timm, torch, torch:<bug>, "
+            f"{', '.join(OUTSIDE_NAMES)}, halo_ref:<backend> or module:function"
         )
     try:
         module = importlib.import_module(module_name)

@@ -11,32 +11,53 @@ enough, plus `pip install --no-deps timm` for timm's layer).
   PyTorch, with both borders; `bug=` plants one of four known mistakes (`PLANTED_BUGS`), to
   show, and to test, that the golden vectors catch each one;
 - adapters for `halo_ref.verification.verify`: `timm_adapter()` and `torch_adapter(bug)`;
+- the halo attentions others wrote, as adapters that declare their semantics
+  (`halo_ref.verification.semantics.Semantics`): lucidrains' `halonet-pytorch`, kecam
+  (keras-cv-attention-models on its PyTorch backend), and halo attention as a FlexAttention
+  `mask_mod` + `score_mod` (`flex_halo_attention`, the recipe of docs/flex_attention.md);
+  `outside_adapter(name)` builds one by its `halo-ref verify --against` name;
 - the model twin: `torch_twin(model)` builds the `torch.nn` network with the structure, child
   names and weights of a halo_ref model (timm's `HaloAttn` for each `HaloAttention`), so state
   dicts move between the two key for key; `build_twin(name, ...)` builds it from a model name,
   ready for the weights `halo-ref export` writes (`halo_ref.verification.export`), to train on
   in PyTorch (a GPU, a cluster) like any `torch.nn.Module`.
 
-Used by the tests, the benchmarks, `halo-ref verify --against timm|torch` and `halo-ref export`.
+Used by the tests, the benchmarks, `halo-ref verify --against ...` and `halo-ref export`.
+The outside packages are optional too: each adapter imports its package when built and raises a
+one-line `HaloRefError` naming the `pip install` when it is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
+import os
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import flex_attention as fa
 
 from .._checks import HaloRefError
 from ..attention.layer import HaloAttention, downsampling
 from ..models.halonet import HaloBottleneck, halonet
 from ..nn import layers
+from .semantics import (
+    EVERYTHING,
+    FLEX,
+    FLEX_EAGER_BACKWARD,
+    KECAM,
+    LUCIDRAINS,
+    TIMM,
+    package_version,
+)
 from .verify import Adapter
 
 # -- timm's HaloAttn ------------------------------------------------------------------------------
@@ -106,9 +127,8 @@ def _torch_grads(x, weights, dout, forward):
 
 
 def _timm_supports(config: dict) -> str | None:
-    if config["border"] != "zeros":
-        return "timm has only border='zeros'"
-    return None
+    reason = TIMM.reason(config)
+    return reason and f"timm {reason}"
 
 
 def timm_adapter() -> Adapter:
@@ -138,7 +158,7 @@ def timm_adapter() -> Adapter:
 
         return _torch_grads(x, weights, dout, forward)
 
-    return Adapter("timm HaloAttn", run, _timm_supports)
+    return Adapter("timm HaloAttn", run, _timm_supports, semantics=TIMM)
 
 
 # -- the reference attention in PyTorch, with planted bugs ---------------------------------------
@@ -226,7 +246,293 @@ def torch_adapter(bug: str | None = None) -> Adapter:
         )
 
     name = "PyTorch example" + (f" with planted bug {bug!r}" if bug else "")
-    return Adapter(name, run)
+    return Adapter(name, run, semantics=EVERYTHING)
+
+
+# -- halo attentions others wrote -----------------------------------------------------------------
+def _need(module: str, pip_name: str):
+    """Import an outside package, or a one-line error naming its `pip install`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise HaloRefError(
+            f"this adapter needs {pip_name}: pip install {pip_name} (with torch==2.13.0 already "
+            "installed; use --no-deps if pip wants another torch)"
+        ) from None
+
+
+def _kv_timm_to_split(kv, heads, d_qk, d_v):
+    """timm's per-head interleaved kv rows [k_0|v_0|k_1|v_1|...] -> [k_0|k_1|...|v_0|v_1|...].
+
+    kv: (heads*(d_qk+d_v), dim, ...) tensor; differentiable.
+    """
+    rest = kv.shape[1:]
+    per_head = kv.reshape(heads, d_qk + d_v, *rest)  # heads, d_qk+d_v, dim, ...
+    k, v = per_head[:, :d_qk], per_head[:, d_qk:]
+    return k.reshape(heads * d_qk, *rest), v.reshape(heads * d_v, *rest)
+
+
+def lucidrains_module(config, layer_cls=None):
+    """lucidrains' `HaloAttention` for a vector's configuration, its output projection removed.
+
+    `to_out` is a `torch.nn.Linear(heads*dim_head, dim)` with a bias that timm's `HaloAttn` (and
+    so the vectors) does not have; it is replaced by the identity, so the layer ends at the
+    merged heads, where the vectors' `out` is. Its weight names are then `to_q.weight`,
+    `to_kv.weight`, `rel_pos_emb.rel_height`, `rel_pos_emb.rel_width`.
+    layer_cls: a copy of the class to run instead (tests plant bugs in one).
+    """
+    if layer_cls is None:
+        layer_cls = _need("halonet_pytorch", "halonet-pytorch").HaloAttention
+    module = layer_cls(
+        dim=config["dim"],
+        block_size=config["block_size"],
+        halo_size=config["halo_size"],
+        dim_head=config["dim_head"],
+        heads=config["num_heads"],
+    )
+    module.to_out = nn.Identity()
+    return module
+
+
+def lucidrains_weights(weights, config):
+    """timm-named tensors -> lucidrains' names (differentiable: reshapes and a de-interleave).
+
+    to_q is timm's q as a Linear (dim_head*heads, dim); to_kv holds all keys then all values,
+    [k_0|k_1|...|v_0|v_1|...], where timm interleaves per head; the tables are the same.
+    """
+    heads, d = config["num_heads"], config["dim_head"]
+    k, v = _kv_timm_to_split(weights["kv.weight"][:, :, 0, 0], heads, d, d)
+    return {
+        "to_q.weight": weights["q.weight"][:, :, 0, 0],
+        "to_kv.weight": torch.cat([k, v], dim=0),
+        "rel_pos_emb.rel_height": weights["pos_embed.height_rel"],
+        "rel_pos_emb.rel_width": weights["pos_embed.width_rel"],
+    }
+
+
+def lucidrains_adapter(layer_cls=None, name=None) -> Adapter:
+    """lucidrains' `halonet-pytorch` HaloAttention (border "mask", scale_pos_embed=True).
+
+    layer_cls: run this class instead of the installed one (e.g. a copy with a planted bug).
+    """
+    if layer_cls is None:
+        _need("halonet_pytorch", "halonet-pytorch")
+
+    def run(config, x, weights, dout):
+        module = lucidrains_module(config, layer_cls)
+
+        def forward(xt, wt):
+            return torch.func.functional_call(module, lucidrains_weights(wt, config), (xt,))
+
+        return _torch_grads(x, weights, dout, forward)
+
+    label = name or f"lucidrains halonet-pytorch {package_version('halonet-pytorch')}"
+    return Adapter(label, run, LUCIDRAINS.reason, semantics=LUCIDRAINS)
+
+
+def _kecam():
+    """kecam's halonet module on its PyTorch backend (KECAM_BACKEND is read at import)."""
+    backend = os.environ.setdefault("KECAM_BACKEND", "torch")
+    if backend != "torch":
+        raise HaloRefError(
+            f"KECAM_BACKEND={backend!r}: the kecam adapter runs kecam on PyTorch; unset it or "
+            "set KECAM_BACKEND=torch"
+        )
+    _need("h5py", "h5py")
+    with contextlib.redirect_stdout(io.StringIO()):  # kecam prints its backend on import
+        module = _need("keras_cv_attention_models.halonet.halonet", "kecam")
+    from keras_cv_attention_models import backend as kecam_backend
+
+    if not kecam_backend.is_torch_backend:
+        raise HaloRefError("kecam was imported on another backend; set KECAM_BACKEND=torch first")
+    return module
+
+
+def kecam_module(config, dtype):
+    """kecam's `halo_attention` for a vector's configuration as a PyTorch module, no output
+    Dense (`out_weight=False`, as kecam's own HaloNets build it). Input and output are NCHW at
+    the module's edges; inside, kecam computes in NHWC (channels last)."""
+    halonet = _kecam()
+    from keras_cv_attention_models.backend import layers as kecam_layers
+    from keras_cv_attention_models.backend import models as kecam_models
+
+    if config["dim_head"] <= 1:
+        # kecam reads key_dim <= 1 as a ratio of the channels: one channel per head is
+        # inexpressible
+        raise HaloRefError("kecam cannot express dim_head=1 (key_dim <= 1 is a ratio)")
+    inputs = kecam_layers.Input([config["dim"], config["height"], config["width"]])
+    out = halonet.halo_attention(
+        inputs,
+        num_heads=config["num_heads"],
+        key_dim=config["dim_head"],
+        block_size=config["block_size"],
+        halo_size=config["halo_size"],
+        strides=config["stride"],
+        out_shape=config["dim_out"],
+        out_weight=False,
+        name="attn_",
+    )
+    return kecam_models.Model(inputs, out).to(dtype)
+
+
+def kecam_weights(weights):
+    """timm names -> kecam's: the same 1x1 kernels and interleaving, the tables transposed
+    (kecam stores them (d_qk, 2*win - 1))."""
+    return {
+        "attn_query_conv.weight": weights["q.weight"],
+        "attn_key_value_conv.weight": weights["kv.weight"],
+        "attn_pos_emb.pos_emb_h": weights["pos_embed.height_rel"].T,
+        "attn_pos_emb.pos_emb_w": weights["pos_embed.width_rel"].T,
+    }
+
+
+def kecam_adapter() -> Adapter:
+    """kecam's `halo_attention` (border "zeros", scale_pos_embed=False, pooling for odd blocks)."""
+    _kecam()
+
+    def run(config, x, weights, dout):
+        dtype = torch.float64 if x.dtype == np.float64 else torch.float32
+        module = kecam_module(config, dtype)
+
+        def forward(xt, wt):
+            return torch.func.functional_call(module, kecam_weights(wt), (xt,))
+
+        return _torch_grads(x, weights, dout, forward)
+
+    name = f"kecam {package_version('kecam')} (torch backend)"
+    return Adapter(name, run, KECAM.reason, semantics=KECAM)
+
+
+def flex_halo_attention(x, weights, config):
+    """Halo attention as FlexAttention's mask_mod + score_mod (docs/flex_attention.md).
+
+    x: (B, dim, H, W); weights: timm names -> tensors; config: a golden vector's config.
+    Returns (B, dim_out, H/stride, W/stride).
+
+    FlexAttention computes softmax(score_mod(scale * q.k) over the keys mask_mod allows) @ v
+    over whole sequences: the queries are the pixels of the (possibly subsampled) query map,
+    the keys and values the pixels of the key/value map padded with h zeros on every side.
+    """
+    B, _, H, W = x.shape
+    heads, d_qk = config["num_heads"], config["dim_head"]
+    d_v = config["dim_out"] // heads
+    b, h = config["block_size"], config["halo_size"]
+    win = b + 2 * h
+    scale = d_qk**-0.5
+    # stride 2: subsample the queries when the block splits in two, else attend then pool
+    pool = config["stride"] == 2 and (config["avg_down"] or b % 2 == 1)
+    s = 2 if config["stride"] == 2 and not pool else 1
+    bq = b // s  # query block side
+
+    q = F.conv2d(x, weights["q.weight"], weights.get("q.bias"), stride=s)
+    Hq, Wq = q.shape[2:]
+    q = q.reshape(B, heads, d_qk, Hq * Wq).transpose(-1, -2)  # B, heads, Lq, d_qk
+    kv = F.pad(F.conv2d(x, weights["kv.weight"], weights.get("kv.bias")), [h, h, h, h])
+    Hp, Wp = H + 2 * h, W + 2 * h
+    kv = kv.reshape(B, heads, d_qk + d_v, Hp * Wp).transpose(-1, -2)  # B, heads, Lk, d_qk+d_v
+    k, v = kv[..., :d_qk], kv[..., d_qk:]  # timm interleaves per head: [k_0|v_0|k_1|v_1|...]
+
+    # each query against every table row; the score_mod picks one entry per (query, key)
+    rel_h = q @ weights["pos_embed.height_rel"].T  # B, heads, Lq, 2*win - 1
+    rel_w = q @ weights["pos_embed.width_rel"].T
+    pos_scale = scale if config["scale_pos_embed"] else 1.0
+
+    def window_coords(q_idx, kv_idx):
+        """Query's place in its block (qy, qx); key's place in that block's window (ky, kx)."""
+        qr, qc = q_idx // Wq, q_idx % Wq
+        kr, kc = kv_idx // Wp, kv_idx % Wp  # padded coordinates
+        # the window of block (qr // bq, qc // bq) starts at padded row (qr // bq) * b
+        return qr % bq, qc % bq, kr - (qr // bq) * b, kc - (qc // bq) * b
+
+    def mask_mod(batch, head, q_idx, kv_idx):
+        _, _, ky, kx = window_coords(q_idx, kv_idx)
+        keep = (ky >= 0) & (ky < win) & (kx >= 0) & (kx < win)
+        if config["border"] == "mask":  # padded keys take no part in the softmax
+            kr, kc = kv_idx // Wp, kv_idx % Wp
+            keep = keep & (kr >= h) & (kr < H + h) & (kc >= h) & (kc < W + h)
+        return keep
+
+    def score_mod(score, batch, head, q_idx, kv_idx):
+        qy, qx, ky, kx = window_coords(q_idx, kv_idx)
+        # outside the window the row index can leave the table; mask_mod drops those keys
+        row_h = (ky - qy + win - 1).clamp(0, 2 * win - 2)
+        row_w = (kx - qx + win - 1).clamp(0, 2 * win - 2)
+        pos = rel_h[batch, head, q_idx, row_h] + rel_w[batch, head, q_idx, row_w]
+        return score + pos_scale * pos
+
+    mask = fa.create_block_mask(mask_mod, None, None, Hq * Wq, Hp * Wp, device=x.device)
+    out = fa.flex_attention(q, k, v, score_mod=score_mod, block_mask=mask, scale=scale)
+    out = out.transpose(-1, -2).reshape(B, heads * d_v, Hq, Wq)  # head-major channels
+    return F.avg_pool2d(out, 2) if pool else out
+
+
+@contextlib.contextmanager
+def flex_cpu_backward():
+    """Let autograd run FlexAttention's eager backward on CPU, which the public API refuses
+    (torch 2.13: "FlexAttention does not support backward on CPU"). Unsupported by PyTorch;
+    used only to check that backward's gradients, the learnable position logits' included.
+
+    Shapes stay static: with torch's automatic dynamic shapes, the traced backward of a later
+    call with new shapes failed here ("PendingUnbackedSymbolNotFound" while making fake
+    tensors) after several earlier shapes had run; each shape traced anew passes.
+    """
+    import torch._dynamo
+
+    guard = fa._validate_device
+
+    def cpu_allowed(query, key, value):
+        if query.device.type != "cpu":
+            guard(query, key, value)
+
+    fa._validate_device = cpu_allowed
+    try:
+        with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            yield
+    finally:
+        fa._validate_device = guard
+
+
+def flex_adapter(backward: bool = False) -> Adapter:
+    """Halo attention as FlexAttention's mask_mod + score_mod (`flex_halo_attention`), eager.
+
+    backward=False: the public API, which on CPU runs forward only (gradients not compared).
+    backward=True: also the gradients, by lifting FlexAttention's CPU guard so that autograd
+    runs its eager (dense) backward; PyTorch does not support this path.
+    """
+
+    def run(config, x, weights, dout):
+        with warnings.catch_warnings():
+            # "called without torch.compile()": the unfused reference is what is checked
+            warnings.filterwarnings("ignore", message="flex_attention called without")
+            if backward:
+                with flex_cpu_backward():
+                    return _torch_grads(
+                        x, weights, dout, lambda xt, wt: flex_halo_attention(xt, wt, config)
+                    )
+            dtype = torch.float64 if x.dtype == np.float64 else torch.float32
+            with torch.no_grad():
+                xt = torch.tensor(x, dtype=dtype)
+                wt = {k: torch.tensor(v, dtype=dtype) for k, v in weights.items()}
+                return flex_halo_attention(xt, wt, config).numpy(), None, None
+
+    if backward:
+        name = f"FlexAttention (torch {torch.__version__}, eager backward)"
+        return Adapter(name, run, FLEX_EAGER_BACKWARD.reason, semantics=FLEX_EAGER_BACKWARD)
+    return Adapter(f"FlexAttention (torch {torch.__version__})", run, FLEX.reason, semantics=FLEX)
+
+
+def outside_adapter(name: str) -> Adapter:
+    """The adapter of one of `halo_ref.verification.adapters.OUTSIDE_NAMES`."""
+    return OUTSIDE_ADAPTERS[name]()
+
+
+# `halo-ref verify --against NAME` (the names are `adapters.OUTSIDE_NAMES`, tested to agree)
+OUTSIDE_ADAPTERS = {
+    "lucidrains": lucidrains_adapter,
+    "kecam": kecam_adapter,
+    "flex": flex_adapter,
+    "flex:backward": lambda: flex_adapter(backward=True),
+}
 
 
 # -- the model twin ------------------------------------------------------------------------------

@@ -58,6 +58,9 @@ class Adapter:
     # whether `run` implements the pad-then-crop rule for maps that are not a multiple of the
     # block (vectors with config["pad_to_blocks"]); without it those vectors are n/a
     pad_to_blocks: bool = False
+    # what the implementation can express (`halo_ref.verification.adapters.Semantics`), for the
+    # conformance table; None for an adapter that only has `supports`
+    semantics: object | None = None
 
 
 @dataclass
