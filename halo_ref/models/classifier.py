@@ -1,6 +1,6 @@
 """What every image classifier here shares around its layers: the checks of its input and of
 the gradient it is given, and the backend it runs on (`HaloNet` and timm's HaloNets,
-`TimmHaloNet`, are both `ImageClassifier`s)."""
+`TimmHaloNet`, are both subclasses of `ImageClassifier`)."""
 
 from __future__ import annotations
 
