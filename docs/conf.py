@@ -162,7 +162,7 @@ API_GROUPS = [
         "halo_ref.verification", "halo_ref.verification.testing",
         "halo_ref.verification.vectors", "halo_ref.verification.verify",
         "halo_ref.verification.semantics", "halo_ref.verification.adapters",
-        "halo_ref.verification.torch_side"]),
+        "halo_ref.verification.torch_side", "halo_ref.verification.conformance"]),
     ("Pictures", ["halo_ref.viz"]),
     ("Exercises", ["halo_ref.exercises", "halo_ref.exercises.grading",
                    "halo_ref.exercises.solutions"]),

@@ -1,11 +1,12 @@
 """Helpers shared by several test modules: a stand-in model for the training loop, small
 HaloNet configurations, CIFAR-10 archives in the official format, and checkpoints and image
-files for predict and export."""
+files for predict and export; a copy of lucidrains' halo attention with a planted bug."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import os
 import struct
@@ -209,3 +210,17 @@ def write_png(path, pixels):
 
     Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)
     return str(path)
+
+
+# -- a planted bug in an outside implementation ----------------------------------------------
+def lucidrains_with_bool_mask():
+    """A copy of lucidrains' HaloAttention with the mask of its issue #4 (before PR #6):
+    `mask.bool()`, True inside the image, is the mask that masked_fill_ fills."""
+    import halonet_pytorch.halonet_pytorch as lucid
+
+    source = inspect.getsource(lucid.HaloAttention)
+    fixed = "mask = ~mask.bool()"
+    assert source.count(fixed) == 1, "halonet-pytorch changed; update the planted bug"
+    namespace = dict(vars(lucid))
+    exec(compile(source.replace(fixed, "mask = mask.bool()"), "<planted>", "exec"), namespace)
+    return namespace["HaloAttention"]

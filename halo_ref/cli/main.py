@@ -11,10 +11,21 @@ import sys
 
 from .. import __version__
 from .._checks import HaloRefError, flag_names
-from . import demo, evaluate, exercises, export, params, predict, train, vectors, verify
+from . import (
+    conformance,
+    demo,
+    evaluate,
+    exercises,
+    export,
+    params,
+    predict,
+    train,
+    vectors,
+    verify,
+)
 
 # one module per sub-command, in the order of `halo-ref --help`
-COMMANDS = (demo, vectors, verify, train, evaluate, predict, export, params, exercises)
+COMMANDS = (demo, vectors, verify, conformance, train, evaluate, predict, export, params, exercises)
 
 
 class Parser(argparse.ArgumentParser):

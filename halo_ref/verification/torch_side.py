@@ -22,8 +22,8 @@ enough, plus `pip install --no-deps timm` for timm's layer).
   ready for the weights `halo-ref export` writes (`halo_ref.verification.export`), to train on
   in PyTorch (a GPU, a cluster) like any `torch.nn.Module`.
 
-Used by the tests, the benchmarks, `halo-ref verify --against ...` and `halo-ref export`.
-The outside packages are optional too: each adapter imports its package when built and raises a
+Used by the tests, the benchmarks, `halo-ref verify --against ...`, `halo-ref conformance` and
+`halo-ref export`. The outside packages are optional too: each adapter imports its package when built and raises a
 one-line `HaloRefError` naming the `pip install` when it is missing.
 """
 

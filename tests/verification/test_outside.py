@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import lucidrains_with_bool_mask
 
 from halo_ref import HaloRefError
 from halo_ref.cli.main import main
@@ -58,19 +59,6 @@ def test_lucidrains_passes_what_it_implements(outside_packages, layer_vectors):
     from halo_ref.verification.torch_side import lucidrains_adapter
 
     _check_exactly_applicable(verify(lucidrains_adapter(), layer_vectors), LUCIDRAINS)
-
-
-def lucidrains_with_bool_mask():
-    """A copy of lucidrains' HaloAttention with the mask of its issue #4 (before PR #6):
-    `mask.bool()`, True inside the image, is the mask that masked_fill_ fills."""
-    import halonet_pytorch.halonet_pytorch as lucid
-
-    source = inspect.getsource(lucid.HaloAttention)
-    fixed = "mask = ~mask.bool()"
-    assert source.count(fixed) == 1, "halonet-pytorch changed; update the planted bug"
-    namespace = dict(vars(lucid))
-    exec(compile(source.replace(fixed, "mask = mask.bool()"), "<planted>", "exec"), namespace)
-    return namespace["HaloAttention"]
 
 
 @pytest.mark.torch
