@@ -13,6 +13,16 @@ not overlap, so a plain copy loop between two arrays is compiled to a scalar loo
 run-time overlap check; for the short runs of halo attention's gathers (a pixel's 16 channels,
 a window row) the memcpy was measured 2-4x faster.
 
+No fast-math flags, here or in any kernel: the same bits whatever the state of the kernel
+cache. Numba compiles a called function twice, once on its own and once more inside every caller
+that links it in (where LLVM optimises it again, in context), and a process runs whichever copy
+was loaded first: a process that compiles runs the function's own copy, a process that loads
+its callers from the disk cache runs a caller's copy. Fast-math flags ("reassoc", "contract")
+let LLVM round each copy differently (measured: BatchNorm's dx and every gradient below it
+differed by an ulp between a compiling and a loading process); without them every copy computes
+exactly the written arithmetic. Loops still vectorise when each lane has its own sum (the
+kernels sum across rows, not along one).
+
 Editing this module: Numba's disk cache checks only the source file of each cached kernel, so
 kernels elsewhere that inline these helpers keep their old compiled code. Delete the cache
 (`find halo_ref -name "*.nb[ic]" -delete`) after a change here.
@@ -25,9 +35,6 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
-
-# Never "nnan"/"ninf": masked logits are -inf and must stay -inf through max and exp.
-_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 # exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]; ln 2 is split
 # into a part exact in float32 and a small correction (Cody and Waite) so r keeps full precision.
@@ -52,7 +59,7 @@ def f32_from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _exp_parts(x):
     """(p, b) with exp(x) = p * 2^n for float32 x in [-87, 0], b the bits of the float 2^n.
 
@@ -70,7 +77,7 @@ def _exp_parts(x):
     return np.float32(1.0) + r * p, (np.int32(k) + np.int32(127)) << np.int32(23)
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _exp_nonpos_f32(x):
     """exp(x) for float32 x <= 0; exactly 0 for x <= -87 and for -inf (masked logits); NaN for
     NaN. Arithmetic instead of conditional expressions: inlined, those leave variables that
@@ -84,14 +91,14 @@ def exp_nonpos(x):
     return np.exp(x)  # plain Python (NUMBA_DISABLE_JIT); compiled by the overload below
 
 
-@overload(exp_nonpos, jit_options={"fastmath": _FASTMATH}, inline="always")
+@overload(exp_nonpos, inline="always")
 def _exp_nonpos_impl(x):
     if x == types.float32:
         return lambda x: _exp_nonpos_f32(x)
     return lambda x: np.exp(x)
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _sigmoid_f32(x, sig):
     """sig = sigmoid(x) of a float32 run, from e = exp(-|x|) in [0, 1] (never overflows):
     1 / (1 + e) for x >= 0, e / (1 + e) below; one vectorised pass."""
@@ -102,7 +109,7 @@ def _sigmoid_f32(x, sig):
         sig[i] = (one if xi >= 0 else e) / (one + e)
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _sigmoid_f64(x, sig):
     """sig = sigmoid(x) of a float64 run with the exact np.exp, in the same stable form."""
     for i in range(x.shape[0]):
@@ -117,7 +124,7 @@ def sigmoid_run(x, sig):
     raise NotImplementedError("only callable from jitted code")
 
 
-@overload(sigmoid_run, jit_options={"fastmath": _FASTMATH}, inline="always")
+@overload(sigmoid_run, inline="always")
 def _sigmoid_run_impl(x, sig):
     if x.dtype == types.float32:
         return lambda x, sig: _sigmoid_f32(x, sig)

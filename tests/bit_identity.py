@@ -13,11 +13,11 @@ bytes (with dtype and shape), so the reference is a small JSON file.
     python tests/bit_identity.py --check tests/fixtures/bit_identity.json    # after it
     ... --arrays DIR      also write (--record) or compare with (--check) the full arrays
 
-Kernel cache: kernels compiled in the process and kernels loaded from Numba's disk cache can
-give gradients that differ in the last bits (issue 13, item 3). So this script always runs its
-work in a child process whose NUMBA_CACHE_DIR is a new empty folder: both the reference and
-every check use kernels compiled in-process, whatever the state of the user's cache. That costs
-a full compile (one to four minutes on two cores).
+Kernel cache: this script always runs its work in a child process whose NUMBA_CACHE_DIR is a
+new empty folder, so the reference and every check use kernels compiled from the source as it
+is, whatever the state of the user's cache (compiled and loaded kernels give the same bits since
+issue 13, tests/test_cache_state.py; a fresh compile also rules out a stale cache). That costs a
+full compile (one to four minutes on two cores).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ tests/bit_identity.py computes (every HaloAttention option on each backend and w
 restructured (issue 15) and guards any change that must not change a single bit. Updating the
 fixture is a decision that the results change, to be stated in the commit message.
 
-The script runs in a child process with an empty Numba cache folder (see its docstring: kernels
-loaded from the disk cache can differ in the last bits), so this test pays a full compile.
+The script runs in a child process with an empty Numba cache folder (see its docstring), so this
+test pays a full compile.
 """
 
 from __future__ import annotations

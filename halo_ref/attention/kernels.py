@@ -68,7 +68,7 @@ from numba import njit, prange
 
 from .._blas import one_blas_thread
 from .._checks import HaloRefError
-from .._numba_math import _FASTMATH, copy_run, exp_nonpos
+from .._numba_math import copy_run, exp_nonpos
 from ..nn.kernels import Conv1x1KernelCache, conv1x1_to_pixels, conv1x1_to_pixels_backward
 from .core import layer_grads
 
@@ -121,7 +121,7 @@ def _copy_window(src, y0, x0, win, dst):
         copy_run(dst, i * run, src, ((y0 + i) * Ws + x0) * d, run)
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _add_window(src, dst, y0, x0, rows, cols):
     """The adjoint of reading a rows x cols window of a channel-last map (`_copy_window`, or a
     strip of whole rows read in place): dst[y0 + i, x0 + j, :] += src[i*cols + j, :]."""
@@ -273,7 +273,7 @@ def _table_grads(drow, dcol, by, x0q, ncols, x0k, geo, ratio, dq_rows, dq_cols):
 # the arrays it writes overlap none it reads, and gives up when there are many pairs to check.
 # The tables and the passes are called, not inlined: each family calls them, and inlining
 # compiled them twice (15 s more of first-run compile time, no faster).
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _logits(T, row_table, col_table, content_scale, win):
     """In place: T = content_scale * (q . k) + row_table[ky] + col_table[xp], row by row."""
     n_cols, L = col_table.shape
@@ -286,7 +286,7 @@ def _logits(T, row_table, col_table, content_scale, win):
                 t[l] = content_scale * t[l] + (h[l] + w[l])
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _softmax(T, mx, sm):
     """In place: the softmax of each lane (column) of T; -inf entries become exactly 0 (every
     lane has finite entries: the query's own block is inside its window and the image).
@@ -336,7 +336,7 @@ def _softmax(T, mx, sm):
             t[l] *= sm[l]
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _softmax_grad(A, G, content_scale, win, sm, drow, dcol):
     """A: the weights; G = d weights, in place -> content_scale * d logits (softmax: d logits =
     A * (G - sum over keys of A * G)). drow[ky], dcol[xp]: the sums of the result over each key
@@ -486,7 +486,7 @@ def _finish_grads(dqueries, queries, dq_rows, dq_cols, height_rel, width_rel, dh
     np.dot(dq_cols.T, queries, dw)
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _forward_task(t, q_src, kv_src, height_rel, width_rel, geo, scales, out_map, attn):
     """Task t of `_forward_kernel`: every tile of one head of one image."""
     b, head, queries, keys, values = _task_start(t, q_src, kv_src, geo)
@@ -522,7 +522,7 @@ def _forward_kernel(q_src, kv_src, height_rel, width_rel, geo, scales, out_map, 
         _forward_task(t, q_src, kv_src, height_rel, width_rel, geo, scales, out_map, attn)
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _backward_task(t, dout_map, q_src, kv_src, height_rel, width_rel, attn, geo, scales, dq_dst,
                    dq0, dkv_dst, dkv0, dh_part, dw_part):  # fmt: skip
     """Task t of `_backward_kernel`: every tile of one head of one image, in the forward's

@@ -10,7 +10,7 @@ attention, which write pixel-major maps for `halo_ref.attention.kernels`. The ke
 Numba's threads, so that a training step keeps both cores busy outside the attention too:
 
 - BatchNorm (training mode): one task per channel; two passes over the data for the statistics
-  (accumulated in float64, the variance from centred squares, so no cancellation) and one for
+  (summed in float64 at the end, the variance from centred squares, so no cancellation) and one for
   the output, instead of NumPy's seven passes with a temporary each; the backward needs one
   pass for its two sums and one for dx.
 - the sum of a residual block's two branches (and of two gradients of one input): chunks of
@@ -42,14 +42,17 @@ from numba.extending import overload
 
 from .._blas import ONE_THREAD_MNK as _MNK
 from .._blas import blas_threads
-from .._numba_math import _FASTMATH, sigmoid_run
+from .._numba_math import sigmoid_run
 from .functional import BatchNormCache, batch_values, update_running_stats
 
 
 # -- batch normalisation ---------------------------------------------------------------------
 # The elementwise loops run in x's dtype (a float64 operand would promote a float32 loop to
-# float64, which vectorises half as wide: measured 2.5x slower on 64x16x32x32); sums are taken
-# per image row in x's dtype and the rows added in float64.
+# float64, which vectorises half as wide: measured 2.5x slower on 64x16x32x32). A channel's
+# sums run across its B image rows, pixel by pixel (acc[i] += x[b, c, i], in x's dtype): each
+# pixel is a lane of its own, so the loop vectorises without reordering any sum (a sum along a
+# row would vectorise only with fast-math reassociation, see `halo_ref._numba_math`); the L
+# pixel sums are then added in float64, in order.
 @njit(cache=True, inline="always")
 def _like(value, arr):
     """`value` converted to arr's dtype."""
@@ -58,50 +61,47 @@ def _like(value, arr):
     return tmp[0]
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _row_sum(a):
-    """sum a of a 1-D run, in its dtype."""
-    s = a[0]
-    for i in range(1, a.shape[0]):
-        s += a[i]
+@njit(cache=True, inline="always")
+def _total(acc):
+    """sum of a 1-D run, in float64, in index order."""
+    s = 0.0
+    for i in range(acc.shape[0]):
+        s += acc[i]
     return s
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _row_squares(a, m):
-    """sum (a - m)^2 of a 1-D run, in its dtype."""
-    d = a[0] - m
-    q = d * d
-    for i in range(1, a.shape[0]):
-        d = a[i] - m
-        q += d * d
-    return q
+@njit(cache=True, inline="always")
+def _channel_sum(x, c, acc):
+    """sum of x[:, c, :] (x: (B, C, L)); acc: (L,) scratch in x's dtype."""
+    acc[:] = 0
+    for b in range(x.shape[0]):
+        a = x[b, c]
+        for i in range(acc.shape[0]):
+            acc[i] += a[i]
+    return _total(acc)
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _row_sums(a, x, m, r):
-    """(sum a, sum a * xhat) of two 1-D runs of one length, in their dtype, where
-    xhat = (x - m) * r."""
-    s, p = a[0], a[0] * ((x[0] - m) * r)
-    for i in range(1, a.shape[0]):
-        s += a[i]
-        p += a[i] * ((x[i] - m) * r)
-    return s, p
+@njit(cache=True, inline="always")
+def _channel_squares(x, c, m, acc):
+    """sum of (x[:, c, :] - m)^2 (x: (B, C, L)); acc: (L,) scratch in x's dtype."""
+    acc[:] = 0
+    for b in range(x.shape[0]):
+        a = x[b, c]
+        for i in range(acc.shape[0]):
+            d = a[i] - m
+            acc[i] += d * d
+    return _total(acc)
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True)
 def _batchnorm_forward_kernel(x, weight, bias, eps, out, mean, var, invstd):
     B, C, L = x.shape
     n = B * L
     for c in prange(C):
-        s = 0.0
-        for b in range(B):
-            s += _row_sum(x[b, c])
-        m = _like(s / n, x)
-        ss = 0.0  # two-pass variance, from centred squares: no cancellation when |mean| >> std
-        for b in range(B):
-            ss += _row_squares(x[b, c], m)
-        v = ss / n
+        acc = np.empty(L, x.dtype)
+        m = _like(_channel_sum(x, c, acc) / n, x)
+        # two-pass variance, from centred squares: no cancellation when |mean| >> std
+        v = _channel_squares(x, c, m, acc) / n
         r = _like(1.0 / np.sqrt(v + eps), x)
         mean[c], var[c], invstd[c] = m, v, r
         w, sh = weight[c], bias[c]
@@ -127,18 +127,20 @@ def batchnorm2d_train_forward(x, weight, bias, running_mean, running_var, *, mom
     return out.reshape(x.shape), BatchNormCache(x3.reshape(x.shape), mean, invstd, weight, True)
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True)
 def _batchnorm_backward_kernel(dout, x, mean, weight, invstd, dx, dweight, dbias):
     B, C, L = dout.shape
     n = B * L
     for c in prange(C):
         m, r = mean[c], invstd[c]
-        sb = 0.0
-        sw = 0.0
+        acc_b, acc_w = np.zeros(L, dout.dtype), np.zeros(L, dout.dtype)  # per pixel, as above
         for b in range(B):
-            rb, rw = _row_sums(dout[b, c], x[b, c], m, r)
-            sb += rb
-            sw += rw
+            g, xs = dout[b, c], x[b, c]
+            for i in range(L):
+                acc_b[i] += g[i]
+            for i in range(L):
+                acc_w[i] += g[i] * ((xs[i] - m) * r)
+        sb, sw = _total(acc_b), _total(acc_w)
         dbias[c], dweight[c] = sb, sw
         k = weight[c] * r
         mb, mw = _like(sb / n, dout), _like(sw / n, dout)
@@ -178,7 +180,7 @@ def _chunk(t, n):
     return t * _CHUNK, min(n, (t + 1) * _CHUNK)
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True)
 def _silu_forward_kernel(x, out):
     n = x.shape[0]
     for t in prange(_chunks(n)):
@@ -200,7 +202,7 @@ def silu_forward(x):
     return out, x
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True)
 def _silu_backward_kernel(dout, x, one, dx):
     n = x.shape[0]
     for t in prange(_chunks(n)):
@@ -221,7 +223,7 @@ def silu_backward(dout, cache):
 
 
 # -- the sum of two branches ------------------------------------------------------------------
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True)
 def _add_kernel(a, b, out):
     n = a.shape[0]
     for t in prange(_chunks(n)):
@@ -543,7 +545,7 @@ def conv1x1_to_pixels(x, weight, bias=None, stride=1):
     return out.reshape(B, Ho, Wo, O), Conv1x1KernelCache(xs, w, bias is not None, x.shape, stride)
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True)
 def _add_strided_kernel(dxs, stride, dx):
     """dx[b, c, stride*oy, stride*ox] += dxs[b, c, oy*Wo + ox]: one task per image."""
     B, C, H, W = dx.shape

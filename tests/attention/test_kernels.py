@@ -3,7 +3,7 @@ with (`halo_ref.attention.core`, the oracle).
 
 Tolerances, all relative to the largest magnitude of the expected array (as testing.compare):
 - float64, 1e-12: the kernels do the same arithmetic in another order (blocked BLAS products,
-  fastmath reassociation), so they differ from the reference by a few ulps times the length of
+  sums per lane), so they differ from the reference by a few ulps times the length of
   the longest sum (at most a few hundred terms here): about 1e-14, 100x below the tolerance;
 - float32, 1e-5: float32 round-off (6e-8) accumulated over sums of up to a few hundred terms and
   the 4-ulp polynomial exp give about 1e-6; the expected values are the float64 reference on the

@@ -1,0 +1,81 @@
+"""The same bits whatever the state of Numba's kernel cache.
+
+A process that compiles the kernels and one that loads them from the disk cache must train
+identically: otherwise a first-ever run that is interrupted and resumed (compiled, then loaded)
+matches neither an uninterrupted run nor a rerun. Numba compiles a called function both on its
+own and inside each caller, and a process runs whichever copy it loaded first, so any
+optimisation that may round the copies differently (fast-math flags) shows up here; see
+`halo_ref._numba_math`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+# One training step of the micro HaloNet on the digits, as `halo-ref train` takes it (BLAS on
+# one thread, the float32 kernels' warm-up, AdamW after clipping). Prints the kernels compiled
+# and loaded, those compiled after the warm-up (it should leave none) and the functions compiled
+# for more than one signature (each costs a compile, and float32 alone needs one each).
+STEP = """
+import sys
+import numpy as np
+from halo_ref import _numba_math, backend
+from halo_ref.attention import kernels as attention_kernels
+from halo_ref.models import halonet
+from halo_ref.nn import kernels as layer_kernels
+from halo_ref.nn.functional import cross_entropy_backward, cross_entropy_forward
+from halo_ref.training.config import set_threads
+from halo_ref.training.data import load_digits
+from halo_ref.training.optim import clip_grad_norm, make_optimizer
+
+def compiled():
+    return sum(sum(f.stats.cache_misses.values()) for f in functions if hasattr(f, "stats"))
+
+functions = [getattr(m, n) for m in (layer_kernels, _numba_math, attention_kernels)
+             for n in dir(m) if hasattr(getattr(m, n), "signatures")]
+set_threads(None)
+backend.warm_up(dtypes=(np.float32,))
+after_warm_up = compiled()
+d = load_digits()
+x = (d.x_train[:32].transpose(0, 3, 1, 2) / 16.0 - 0.5).astype(np.float32)  # B, 1, 8, 8
+model = halonet("micro", num_classes=10, in_chans=1, dtype=np.float32, rng=0)
+optimizer = make_optimizer("adamw", model.params, weight_decay=0.05)
+loss, cache = cross_entropy_forward(model.forward(x), d.y_train[:32], label_smoothing=0.1)
+model.zero_grad()
+model.backward(cross_entropy_backward(cache))
+clip_grad_norm(model.grads, 5.0)
+optimizer.step(model.grads, 1e-3)
+arrays = {"param:" + k: v for k, v in model.params.items()}
+arrays.update({"grad:" + k: v for k, v in model.grads.items()})
+np.savez(sys.argv[1], **arrays)
+loaded = sum(sum(f.stats.cache_hits.values()) for f in functions if hasattr(f, "stats"))
+twice = [f.__name__ for f in functions if len(f.signatures) > 1]
+print(compiled(), loaded, compiled() - after_warm_up, " ".join(twice) or "-")
+"""
+
+
+def _step(path, cache_dir):
+    """Run STEP in a fresh interpreter on this kernel cache: the counts it prints."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.run([sys.executable, "-c", STEP, str(path)], capture_output=True,
+                          text=True, env=env, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compiled, loaded, after_warm_up, twice = proc.stdout.strip().split(maxsplit=3)
+    return int(compiled), int(loaded), int(after_warm_up), twice
+
+
+def test_a_step_is_bit_identical_whether_kernels_were_compiled_or_loaded(tmp_path):
+    cache = tmp_path / "numba-cache"
+    cache.mkdir()
+    compiled, loaded, _, _ = _step(tmp_path / "compiled.npz", cache)
+    assert compiled > 0 and loaded == 0, (compiled, loaded)  # the cache was empty
+    compiled, loaded, _, _ = _step(tmp_path / "loaded.npz", cache)
+    assert compiled == 0 and loaded > 0, (compiled, loaded)  # everything came from the cache
+    with np.load(tmp_path / "compiled.npz") as a, np.load(tmp_path / "loaded.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        differ = [k for k in a.files if a[k].tobytes() != b[k].tobytes()]
+    assert not differ, f"{len(differ)} of {len(a.files)} arrays differ: {differ}"
