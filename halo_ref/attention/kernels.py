@@ -517,9 +517,12 @@ def _forward_task(t, q_src, kv_src, height_rel, width_rel, geo, scales, out_map,
 def _forward_kernel(q_src, kv_src, height_rel, width_rel, geo, scales, out_map, attn):
     """Fill out_map (B, heads*d_v, Hq, Wq) and attn, one task per (image, head). The task body
     is its own function: helpers inlined straight into a prange loop were miscompiled (Numba
-    renames their variables inconsistently there), inlined into a plain function they are not."""
+    renames their variables inconsistently there), inlined into a plain function they are not.
+    Its index is passed as np.int64: prange's index is signed while Numba types the kernel and
+    unsigned in the parallel body it builds, and each would compile a task of its own."""
     for t in prange(kv_src.shape[0] * geo.num_heads):
-        _forward_task(t, q_src, kv_src, height_rel, width_rel, geo, scales, out_map, attn)
+        _forward_task(np.int64(t), q_src, kv_src, height_rel, width_rel, geo, scales, out_map,
+                      attn)  # fmt: skip
 
 
 @njit(cache=True)
@@ -579,10 +582,10 @@ def _backward_task(t, dout_map, q_src, kv_src, height_rel, width_rel, attn, geo,
 def _backward_kernel(dout_map, q_src, kv_src, height_rel, width_rel, attn, geo, scales, dq_dst,
                      dq0, dkv_dst, dkv0, dh_part, dw_part):  # fmt: skip
     """Fill this call's channels of dq_dst and dkv_dst (every entry once) and the per-task
-    table gradients dh_part, dw_part (B*heads, R, d_qk)."""
+    table gradients dh_part, dw_part (B*heads, R, d_qk). (np.int64: see `_forward_kernel`.)"""
     for t in prange(kv_src.shape[0] * geo.num_heads):
-        _backward_task(t, dout_map, q_src, kv_src, height_rel, width_rel, attn, geo, scales,
-                       dq_dst, dq0, dkv_dst, dkv0, dh_part, dw_part)  # fmt: skip
+        _backward_task(np.int64(t), dout_map, q_src, kv_src, height_rel, width_rel, attn, geo,
+                       scales, dq_dst, dq0, dkv_dst, dkv0, dh_part, dw_part)  # fmt: skip
 
 
 # -- the core on pixel-major maps ----------------------------------------------------------------

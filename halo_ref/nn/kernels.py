@@ -244,6 +244,10 @@ def add(a, b):
 _PACK = 256  # pixels per product in the weight gradient, at least
 _GROUPS = 8  # partial sums of the weight gradient: fixed, so the sum order never changes
 _MIN_TASKS = 8  # tasks per 1x1 product at least: small batches are split into pixel chunks
+# Constants passed to jitted helpers are int64, not Python ints: Numba types a literal int as a
+# type of its own (Literal[int](0)), so a helper called with 0 in one place and a variable in
+# another was compiled twice.
+_ZERO = np.int64(0)
 
 
 def _product_limit():
@@ -275,7 +279,8 @@ def _pieces(O, C, L, mnk, chunk):
 @njit(cache=True)
 def _image_chunk(t, n_chunks, chunk, L):
     """(image, start, end) of task t when each image's L pixels (or output rows) are cut into
-    n_chunks chunks of `chunk`."""
+    n_chunks chunks of `chunk`. Callers pass a prange index as np.int64 (see
+    `halo_ref.attention.kernels._forward_kernel`), so that this compiles once."""
     lo = (t % n_chunks) * chunk
     return t // n_chunks, lo, min(L, lo + chunk)
 
@@ -321,7 +326,7 @@ def _project_kernel(w, x, out, chunk, rows):
     O = w.shape[0]
     n_chunks = (L + chunk - 1) // chunk
     for t in prange(B * n_chunks):
-        b, lo, hi = _image_chunk(t, n_chunks, chunk, L)
+        b, lo, hi = _image_chunk(np.int64(t), n_chunks, chunk, L)
         if hi - lo == L:  # whole image: every operand is a plain slice
             for o0 in range(0, O, rows):
                 o1 = min(O, o0 + rows)
@@ -460,7 +465,7 @@ def _to_pixels_kernel(w, x, out, chunk, rows):
     O = w.shape[0]
     n_chunks = (L + chunk - 1) // chunk
     for t in prange(B * n_chunks):
-        b, lo, hi = _image_chunk(t, n_chunks, chunk, L)
+        b, lo, hi = _image_chunk(np.int64(t), n_chunks, chunk, L)
         if hi - lo == L:
             xt = x[b].T  # pixels, C: a transposed view, which BLAS reads without a copy
         else:
@@ -640,7 +645,7 @@ def _im2col_kernel(x, k, stride, padding, cols):
     strided projections use it (k = 1) to pick every stride-th pixel."""
     Ho = (x.shape[2] + 2 * padding - k) // stride + 1
     for b in prange(x.shape[0]):
-        _im2col_image(x[b], k, stride, padding, 0, Ho, cols[b])
+        _im2col_image(x[b], k, stride, padding, _ZERO, Ho, cols[b])
 
 
 @njit(parallel=True, cache=True)
@@ -660,7 +665,7 @@ def _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows):
     Wo = out.shape[2] // Ho
     n_bands = (Ho + band - 1) // band
     for t in prange(B * n_bands):
-        b, oy0, oy1 = _image_chunk(t, n_bands, band, Ho)
+        b, oy0, oy1 = _image_chunk(np.int64(t), n_bands, band, Ho)
         n = (oy1 - oy0) * Wo
         cols = np.empty((CKK, n), x.dtype)
         _im2col_image(x[b], k, stride, padding, oy0, oy1, cols)
@@ -705,7 +710,7 @@ def _conv_backward_kernel(x, w2, dout, k, stride, padding, dx, partial, chunk):
         dcols = np.empty((CKK, L), x.dtype)
         tmp = np.empty((O, CKK), x.dtype)
         for b in range(g * B // G, (g + 1) * B // G):
-            _im2col_image(x[b], k, stride, padding, 0, Ho, cols)
+            _im2col_image(x[b], k, stride, padding, _ZERO, Ho, cols)
             _add_products(acc, dout[b], cols, chunk, O, tmp)
             _columns_grad(w2, dout[b], chunk, dcols)
             _col2im_image(dcols, k, stride, padding, dx[b])
