@@ -1,11 +1,11 @@
 """The thread count of the OpenBLAS libraries in this process (NumPy's, and SciPy's, which is
 the one Numba's `np.dot` calls): read it, and set it.
 
-The Numba kernels call BLAS from inside Numba's threads. If BLAS may start threads of its own,
-each product is kept below OpenBLAS's threshold for doing so (`ONE_THREAD_MNK`), which costs
-small, less efficient products; when BLAS is single-threaded (as `halo-ref train` sets it) the
-kernels use whole-image products instead. Linux only (the libraries are found through
-/proc/self/maps); elsewhere BLAS is assumed to be multi-threaded, the safe choice.
+The Numba kernels call BLAS from inside Numba's threads, so they run with BLAS single-threaded
+(`one_blas_thread`; `halo-ref train` sets it so for the whole run): BLAS threads of its own
+would nest inside Numba's and oversubscribe the cores, and the kernels' products, so their
+bits, stay the same whatever the caller's BLAS thread count. Linux only (the libraries are
+found through /proc/self/maps); elsewhere the thread count cannot be read or set.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import contextlib
 import ctypes
 import functools
 
-# OpenBLAS runs a product of m*n*k multiply-adds on one thread up to 2**18 (and below 2**19)
-ONE_THREAD_MNK = 2**18
 _PREFIXES = ("openblas_", "scipy_openblas_")
 _SUFFIXES = ("", "64_")
 

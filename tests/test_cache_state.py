@@ -71,9 +71,10 @@ def _step(path, cache_dir):
 def test_a_step_is_bit_identical_whether_kernels_were_compiled_or_loaded(tmp_path):
     cache = tmp_path / "numba-cache"
     cache.mkdir()
-    compiled, loaded, after_warm_up, _ = _step(tmp_path / "compiled.npz", cache)
+    compiled, loaded, after_warm_up, twice = _step(tmp_path / "compiled.npz", cache)
     assert compiled > 0 and loaded == 0, (compiled, loaded)  # the cache was empty
-    # the first run's compile time: nothing left for the first step
+    # the first run's compile time: nothing compiled twice, nothing left for the first step
+    assert twice == "-", f"compiled for more than one signature: {twice}"
     assert after_warm_up == 0, f"{after_warm_up} functions compiled after the warm-up"
     compiled, loaded, _, _ = _step(tmp_path / "loaded.npz", cache)
     assert compiled == 0 and loaded > 0, (compiled, loaded)  # everything came from the cache

@@ -17,19 +17,16 @@ Numba's threads, so that a training step keeps both cores busy outside the atten
   the flattened arrays as tasks, so the other core does not wait while one adds.
 - SiLU: one pass, chunks of the flattened array as tasks, with the vectorisable exp of
   `halo_ref._numba_math` (NumPy's version walks the array four times).
-- 1x1 convolution: per image one (O, C) @ (C, pixels) product. When BLAS may start threads of
-  its own, the products are cut into pieces below OpenBLAS's threshold for doing so (m*n*k <=
-  2**18), so no second thread pool competes with Numba's; when BLAS is single-threaded (as
-  `halo-ref train` sets it, see `halo_ref._blas`) whole images. The weight gradient is
-  accumulated in a fixed number of partial sums (`_GROUPS`), each over a fixed set of images.
+- 1x1 convolution: per image one (O, C) @ (C, pixels) product. The products run inside Numba's
+  threads, so the kernels run with BLAS single-threaded (`halo_ref._blas.one_blas_thread`): no
+  second thread pool competes with Numba's, and the products, so the bits, are the same
+  whatever BLAS's thread count was. The weight gradient is accumulated in a fixed number of
+  partial sums (`_GROUPS`), each over a fixed set of images.
 - k x k convolution: im2col and its adjoint per image, then the 1x1 products.
 
 Determinism: a task's arithmetic never depends on which thread runs it, and every reduction
 across tasks is done afterwards in a fixed order, so results are bit-identical for any number of
-Numba threads (tested). The product sizes, and so the last bits, depend on whether BLAS is
-single-threaded. Under Numba's OpenMP threading layer each thread runs an equal static share of
-a kernel's tasks (`set_parallel_chunksize` does not change that: measured, and the layer's
-source has a plain `omp for`).
+Numba threads and of BLAS threads (tested).
 """
 
 from __future__ import annotations
@@ -38,10 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
-from numba.extending import overload
 
-from .._blas import ONE_THREAD_MNK as _MNK
-from .._blas import blas_threads
+from .._blas import one_blas_thread
 from .._numba_math import sigmoid_run
 from .functional import BatchNormCache, batch_values, update_running_stats
 
@@ -250,32 +245,6 @@ _MIN_TASKS = 8  # tasks per 1x1 product at least: small batches are split into p
 _ZERO = np.int64(0)
 
 
-def _product_limit():
-    """Multiply-adds per BLAS call: unlimited when BLAS is single-threaded (`halo-ref train`
-    sets it so), else _MNK so that no call starts BLAS threads inside Numba's."""
-    return 2**62 if blas_threads() == 1 else _MNK
-
-
-# Product sizes. Every BLAS call of these kernels stays below `_product_limit()` multiply-adds
-# (a limit only while BLAS may start threads of its own); each size below is what `_fit` lets
-# through of one dimension of a product, given the work per unit of it.
-@njit(cache=True)
-def _fit(count, work_per_unit, limit):
-    """How many of `count` units fit in one product of at most `limit` multiply-adds, when
-    each unit costs `work_per_unit`: between 1 (a product cannot be smaller) and count."""
-    return max(1, min(count, limit // work_per_unit))
-
-
-@njit(cache=True)
-def _pieces(O, C, L, mnk, chunk):
-    """(pixel chunk, output rows) per BLAS call of an (O, C) @ (C, L) product, rows * C *
-    chunk <= mnk: all the pixels of a few rows when they fit (every operand is then a plain
-    slice, nothing is copied), else `chunk` pixels and as many rows as fit."""
-    if C * L > mnk:
-        L = min(L, chunk)
-    return L, _fit(O, C * L, mnk)
-
-
 @njit(cache=True)
 def _image_chunk(t, n_chunks, chunk, L):
     """(image, start, end) of task t when each image's L pixels (or output rows) are cut into
@@ -285,66 +254,35 @@ def _image_chunk(t, n_chunks, chunk, L):
     return t // n_chunks, lo, min(L, lo + chunk)
 
 
-def _piece(d, o0, o1, lo, hi):
-    """d[o0:o1, lo:hi] copied contiguous in d's own memory order (C or F): the order BLAS is
-    handed decides which of its routines runs, and so the last bits. Jitted code only."""
-    raise NotImplementedError("only callable from jitted code")
-
-
-@overload(_piece, inline="always")
-def _piece_impl(d, o0, o1, lo, hi):
-    if d.layout == "F":
-        return lambda d, o0, o1, lo, hi: np.ascontiguousarray(d.T[lo:hi, o0:o1]).T
-    return lambda d, o0, o1, lo, hi: np.ascontiguousarray(d[o0:o1, lo:hi])
-
-
-@njit(cache=True)
-def _add_products(acc, d, x, chunk, rows, tmp):
-    """acc += d @ x^T for d (O, K) and x (C, K), the inner loop of every weight gradient (a sum
-    over K pixels): one product when chunk >= K and rows >= O (every operand as it is, d in
-    either memory order), else products over `chunk` columns of K at a time, added to acc in
-    increasing order, and `rows` rows of d (`_piece`). tmp: (at least rows, C)."""
-    O, K = d.shape
-    if chunk >= K and rows >= O:
-        np.dot(d, x.T, tmp[:O])  # x.T: a transposed view, which BLAS reads without a copy
-        acc += tmp[:O]
-        return
-    for lo in range(0, K, chunk):
-        hi = min(K, lo + chunk)
-        xt = np.ascontiguousarray(x[:, lo:hi]).T
-        for o0 in range(0, O, rows):
-            o1 = min(O, o0 + rows)
-            np.dot(_piece(d, o0, o1, lo, hi), xt, tmp[: o1 - o0])
-            acc[o0:o1] += tmp[: o1 - o0]
+@njit(cache=True, inline="always")
+def _add_product(acc, d, x, tmp):
+    """acc += d @ x^T for d (O, K) and x (C, K), the inner step of every weight gradient (a sum
+    over K pixels); tmp: (O, C). d may be a transposed view: BLAS reads either memory order."""
+    np.dot(d, x.T, tmp)  # x.T: a transposed view, which BLAS reads without a copy
+    acc += tmp
 
 
 @njit(parallel=True, cache=True)
-def _project_kernel(w, x, out, chunk, rows):
+def _project_kernel(w, x, out, chunk):
     """out[b] = w @ x[b] for w (O, C), x (B, C, L), out (B, O, L): one task per image and chunk
-    of pixels, products of `rows` output rows."""
+    of pixels."""
     B, C, L = x.shape
     O = w.shape[0]
     n_chunks = (L + chunk - 1) // chunk
     for t in prange(B * n_chunks):
         b, lo, hi = _image_chunk(np.int64(t), n_chunks, chunk, L)
         if hi - lo == L:  # whole image: every operand is a plain slice
-            for o0 in range(0, O, rows):
-                o1 = min(O, o0 + rows)
-                np.dot(w[o0:o1], x[b], out[b, o0:o1])
-        else:  # the chunk is copied once and serves every row piece
-            xb = np.ascontiguousarray(x[b, :, lo:hi])
-            piece = np.empty((rows, hi - lo), x.dtype)
-            for o0 in range(0, O, rows):
-                o1 = min(O, o0 + rows)
-                np.dot(w[o0:o1], xb, piece[: o1 - o0])
-                out[b, o0:o1, lo:hi] = piece[: o1 - o0]
+            np.dot(w, x[b], out[b])
+        else:  # a chunk's pixels are strided in x and out: through contiguous copies
+            piece = np.empty((O, hi - lo), x.dtype)
+            np.dot(w, np.ascontiguousarray(x[b, :, lo:hi]), piece)
+            out[b, :, lo:hi] = piece
 
 
 @njit(parallel=True, cache=True)
-def _weight_grad_kernel(dout, x, partial, mnk):
+def _weight_grad_kernel(dout, x, partial):
     """partial[g] = sum of dout[b] @ x[b]^T over images b = g, g + G, ... (G = len(partial)),
-    in increasing b: dout (B, O, L), x (B, C, L), partial (G, O, C); products of at most mnk
-    multiply-adds.
+    in increasing b: dout (B, O, L), x (B, C, L), partial (G, O, C).
 
     Small maps (L < _PACK pixels) are packed side by side, several images per product, so that
     each product sums over at least _PACK pixels instead of adding many thin ones."""
@@ -352,11 +290,10 @@ def _weight_grad_kernel(dout, x, partial, mnk):
     C = x.shape[1]
     G = partial.shape[0]
     per = max(1, _PACK // L)  # images per product
-    chunk, rows = _pieces(O, C, per * L, mnk, 64)
     for g in prange(G):
         acc = partial[g]
         acc[:] = 0
-        tmp = np.empty((rows, C), x.dtype)
+        tmp = np.empty((O, C), x.dtype)
         n_images = (B - g + G - 1) // G  # this group's images: g, g + G, g + 2G, ...
         for i0 in range(0, n_images, per):
             nb = min(per, n_images - i0)
@@ -368,22 +305,21 @@ def _weight_grad_kernel(dout, x, partial, mnk):
                 for j in range(nb):
                     d_all[:, j * L : (j + 1) * L] = dout[g + (i0 + j) * G]
                     x_all[:, j * L : (j + 1) * L] = x[g + (i0 + j) * G]
-            _add_products(acc, d_all, x_all, chunk, rows, tmp)
+            _add_product(acc, d_all, x_all, tmp)
 
 
-def _pixel_pieces(O, C, L, B):
-    """(pixel chunk, output rows) of the per-image products w (O, C) @ x[b] (C, L) of a batch
-    of B: products below BLAS's threshold, and chunks small enough that every thread has a
-    task, batch 1 too."""
-    chunk, rows = _pieces(O, C, L, _product_limit(), 32)
+def _pixel_chunk(L, B):
+    """Pixels per task of the per-image products of a batch of B maps of L pixels: the whole
+    map, or chunks small enough that every thread has a task, batch 1 too."""
     tasks = -(-_MIN_TASKS // B)  # chunks per image
-    return min(chunk, max(16, -(-L // tasks))), rows
+    return min(L, max(16, -(-L // tasks)))
 
 
 def _project(w, x, out):
     """out[b] = w @ x[b] on Numba's threads (see _project_kernel)."""
     B, C, L = x.shape
-    _project_kernel(w, x, out, *_pixel_pieces(w.shape[0], C, L, B))
+    with one_blas_thread():
+        _project_kernel(w, x, out, _pixel_chunk(L, B))
 
 
 def _strided_pixels(x, stride):
@@ -410,7 +346,8 @@ def _unstrided(dxs, x_shape, stride):
 def _weight_grad(dout, x):
     """sum over images of dout[b] @ x[b]^T: dout (B, O, L), x (B, C, L) -> (O, C)."""
     partial = np.empty((min(dout.shape[0], _GROUPS), dout.shape[1], x.shape[1]), dout.dtype)
-    _weight_grad_kernel(dout, x, partial, _product_limit())
+    with one_blas_thread():
+        _weight_grad_kernel(dout, x, partial)
     return partial.sum(axis=0)  # fixed-order sum over the groups
 
 
@@ -458,11 +395,10 @@ def conv1x1_backward(dout, cache):
 # (B, pixels, O) instead of (B, O, pixels): the same products with the operands transposed,
 # which BLAS takes without copies. The backward takes the gradient in that layout too.
 @njit(parallel=True, cache=True)
-def _to_pixels_kernel(w, x, out, chunk, rows):
+def _to_pixels_kernel(w, x, out, chunk):
     """out[b, l, o] = sum_c w[o, c] x[b, c, l]: w (O, C), x (B, C, L), out (B, L, O). One task
-    per image and chunk of pixels; products of `rows` output channels."""
+    per image and chunk of pixels."""
     B, C, L = x.shape
-    O = w.shape[0]
     n_chunks = (L + chunk - 1) // chunk
     for t in prange(B * n_chunks):
         b, lo, hi = _image_chunk(np.int64(t), n_chunks, chunk, L)
@@ -470,20 +406,13 @@ def _to_pixels_kernel(w, x, out, chunk, rows):
             xt = x[b].T  # pixels, C: a transposed view, which BLAS reads without a copy
         else:
             xt = np.ascontiguousarray(x[b, :, lo:hi]).T
-        if rows == O:
-            np.dot(xt, w.T, out[b, lo:hi])
-        else:  # BLAS may start threads: keep each product below its threshold
-            for o0 in range(0, O, rows):
-                o1 = min(O, o0 + rows)
-                piece = np.empty((hi - lo, o1 - o0), x.dtype)
-                np.dot(xt, w[o0:o1].T, piece)
-                out[b, lo:hi, o0:o1] = piece
+        np.dot(xt, w.T, out[b, lo:hi])
 
 
 @njit(parallel=True, cache=True)
-def _from_pixels_kernel(wt, d, dx, rows, chunk):
+def _from_pixels_kernel(wt, d, dx, rows):
     """dx[b, c, l] = sum_o wt[c, o] d[b, l, o]: wt (C, O), d (B, L, O), dx (B, C, L). One task
-    per image and block of `rows` input channels; products over chunks of pixels."""
+    per image and block of `rows` input channels."""
     B, L, O = d.shape
     C = wt.shape[0]
     n_rows = (C + rows - 1) // rows
@@ -491,18 +420,11 @@ def _from_pixels_kernel(wt, d, dx, rows, chunk):
         b = t // n_rows
         c0 = (t % n_rows) * rows
         c1 = min(C, c0 + rows)
-        if chunk >= L:
-            np.dot(wt[c0:c1], d[b].T, dx[b, c0:c1])
-        else:  # BLAS may start threads: keep each product below its threshold
-            for lo in range(0, L, chunk):
-                hi = min(L, lo + chunk)
-                piece = np.empty((c1 - c0, hi - lo), d.dtype)
-                np.dot(wt[c0:c1], d[b, lo:hi].T, piece)
-                dx[b, c0:c1, lo:hi] = piece
+        np.dot(wt[c0:c1], d[b].T, dx[b, c0:c1])
 
 
 @njit(parallel=True, cache=True)
-def _weight_grad_pixels_kernel(d, x, partial, mnk):
+def _weight_grad_pixels_kernel(d, x, partial):
     """partial[g] = sum over the images b of group g of d[b]^T @ x[b]^T, in increasing b:
     d (B, L, O) pixel-major, x (B, C, L), partial (G, O, C). Group g holds the images
     [g*B // G, (g+1)*B // G). Small maps are packed, several images per product (their
@@ -514,6 +436,7 @@ def _weight_grad_pixels_kernel(d, x, partial, mnk):
     for g in prange(G):
         acc = partial[g]
         acc[:] = 0
+        tmp = np.empty((O, C), x.dtype)
         b0, b1 = g * B // G, (g + 1) * B // G
         for i0 in range(b0, b1, per):
             nb = min(per, b1 - i0)
@@ -525,9 +448,7 @@ def _weight_grad_pixels_kernel(d, x, partial, mnk):
                 xg = np.empty((C, K), x.dtype)
                 for j in range(nb):
                     xg[:, j * L : (j + 1) * L] = x[i0 + j]
-            # one product, unless BLAS may start threads (then chunks of pixels, rows too)
-            chunk, rows = _pieces(O, C, K, mnk, 64)
-            _add_products(acc, dg.T, xg, chunk, rows, np.empty((O, C), x.dtype))
+            _add_product(acc, dg.T, xg, tmp)
 
 
 def conv1x1_to_pixels(x, weight, bias=None, stride=1):
@@ -544,7 +465,8 @@ def conv1x1_to_pixels(x, weight, bias=None, stride=1):
     xs = _strided_pixels(x, stride)  # B, C, pixels
     L = Ho * Wo
     out = np.empty((B, L, O), x.dtype)
-    _to_pixels_kernel(w, xs, out, *_pixel_pieces(O, C, L, B))
+    with one_blas_thread():
+        _to_pixels_kernel(w, xs, out, _pixel_chunk(L, B))
     if bias is not None:
         out += bias
     return out.reshape(B, Ho, Wo, O), Conv1x1KernelCache(xs, w, bias is not None, x.shape, stride)
@@ -573,13 +495,12 @@ def conv1x1_to_pixels_backward(dout, cache, add_into=None):
     O = w.shape[0]
     d = np.ascontiguousarray(dout).reshape(B, L, O)
     dxs = np.empty((B, C, L), d.dtype)
-    limit = _product_limit()
-    chunk, rows = _pieces(C, O, L, limit, 32)  # products (rows of C) x O x (chunk of pixels)
     tasks = -(-_MIN_TASKS // B)  # row blocks per image so that every thread has work
-    rows = min(rows, max(8, -(-C // tasks)))
-    _from_pixels_kernel(np.ascontiguousarray(w.T), d, dxs, rows, chunk)
+    rows = min(C, max(8, -(-C // tasks)))
     partial = np.empty((min(B, _GROUPS), O, C), d.dtype)
-    _weight_grad_pixels_kernel(d, xs, partial, limit)
+    with one_blas_thread():
+        _from_pixels_kernel(np.ascontiguousarray(w.T), d, dxs, rows)
+        _weight_grad_pixels_kernel(d, xs, partial)
     dweight = partial.sum(axis=0)  # fixed-order sum over the groups
     dbias = d.sum(axis=(0, 1)) if has_bias else None
     if add_into is not None:
@@ -656,9 +577,9 @@ def _col2im_kernel(dcols, k, stride, padding, dx):
 
 
 @njit(parallel=True, cache=True)
-def _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows):
+def _conv_forward_kernel(x, w2, k, stride, padding, out, band):
     """out[b] = w2 @ columns(x[b]) for w2 (O, C*k*k), out (B, O, Ho*Wo): one task per image
-    and band of `band` output rows; each product covers `rows` output channels."""
+    and band of `band` output rows."""
     B = x.shape[0]
     O, CKK = w2.shape
     Ho = (x.shape[2] + 2 * padding - k) // stride + 1
@@ -669,35 +590,18 @@ def _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows):
         n = (oy1 - oy0) * Wo
         cols = np.empty((CKK, n), x.dtype)
         _im2col_image(x[b], k, stride, padding, oy0, oy1, cols)
-        if n == Ho * Wo and rows == O:
+        if n == Ho * Wo:
             np.dot(w2, cols, out[b])
-        else:
-            for o0 in range(0, O, rows):
-                o1 = min(O, o0 + rows)
-                piece = np.empty((o1 - o0, n), x.dtype)
-                np.dot(w2[o0:o1], cols, piece)
-                out[b, o0:o1, oy0 * Wo : oy1 * Wo] = piece
-
-
-@njit(cache=True)
-def _columns_grad(w2, d, chunk, dcols):
-    """dcols = w2^T @ d for w2 (O, CKK), d (O, L): one product, or one per `chunk` pixels."""
-    L = d.shape[1]
-    if chunk >= L:
-        np.dot(w2.T, d, dcols)
-        return
-    for lo in range(0, L, chunk):
-        hi = min(L, lo + chunk)
-        piece = np.empty((dcols.shape[0], hi - lo), d.dtype)
-        np.dot(w2.T, np.ascontiguousarray(d[:, lo:hi]), piece)
-        dcols[:, lo:hi] = piece
+        else:  # a band's pixels are strided in out: through a contiguous copy
+            piece = np.empty((O, n), x.dtype)
+            np.dot(w2, cols, piece)
+            out[b, :, oy0 * Wo : oy1 * Wo] = piece
 
 
 @njit(parallel=True, cache=True)
-def _conv_backward_kernel(x, w2, dout, k, stride, padding, dx, partial, chunk):
+def _conv_backward_kernel(x, w2, dout, k, stride, padding, dx, partial):
     """For the images b of group g = [g*B // G, (g+1)*B // G), in increasing b: partial[g] +=
-    dout[b] @ columns(x[b])^T, and dx[b] = col2im(w2^T @ dout[b]). Products over `chunk`
-    pixels at a time (all of them unless BLAS may start threads)."""
+    dout[b] @ columns(x[b])^T, and dx[b] = col2im(w2^T @ dout[b])."""
     B = x.shape[0]
     G = partial.shape[0]
     O, CKK = w2.shape
@@ -711,8 +615,8 @@ def _conv_backward_kernel(x, w2, dout, k, stride, padding, dx, partial, chunk):
         tmp = np.empty((O, CKK), x.dtype)
         for b in range(g * B // G, (g + 1) * B // G):
             _im2col_image(x[b], k, stride, padding, _ZERO, Ho, cols)
-            _add_products(acc, dout[b], cols, chunk, O, tmp)
-            _columns_grad(w2, dout[b], chunk, dcols)
+            _add_product(acc, dout[b], cols, tmp)
+            np.dot(w2.T, dout[b], dcols)
             _col2im_image(dcols, k, stride, padding, dx[b])
 
 
@@ -737,12 +641,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(weight.reshape(O, C * k * k))
     out = np.empty((B, O, Ho * Wo), x.dtype)
-    CKK = C * k * k
-    band = Ho if B >= _MIN_TASKS else -(-Ho * B // _MIN_TASKS)  # a task for every thread
-    limit = _product_limit()
-    band = _fit(band, O * CKK * Wo, limit)  # output rows of a task: products below the limit
-    rows = _fit(O, CKK * band * Wo, limit)
-    _conv_forward_kernel(x, w2, k, stride, padding, out, band, rows)
+    band = Ho if B >= _MIN_TASKS else max(1, -(-Ho * B // _MIN_TASKS))  # a task for every thread
+    with one_blas_thread():
+        _conv_forward_kernel(x, w2, k, stride, padding, out, band)
     if bias is not None:
         out += bias[None, :, None]
     return out.reshape(B, O, Ho, Wo), Conv2dKernelCache(
@@ -756,13 +657,11 @@ def conv2d_backward(dout, cache):
     O, C, k, _ = weight.shape
     B = x.shape[0]
     d2 = np.ascontiguousarray(dout).reshape(B, O, -1)
-    L = d2.shape[2]
-    limit = _product_limit()
-    chunk = _fit(L, O * C * k * k, limit)  # pixels per product
     dx = np.empty(x.shape, dout.dtype)
     partial = np.empty((min(B, _GROUPS), O, C * k * k), dout.dtype)
     w2 = np.ascontiguousarray(weight.reshape(O, C * k * k))
-    _conv_backward_kernel(x, w2, d2, k, stride, padding, dx, partial, chunk)
+    with one_blas_thread():
+        _conv_backward_kernel(x, w2, d2, k, stride, padding, dx, partial)
     dweight = partial.sum(axis=0).reshape(weight.shape)  # fixed-order sum over the groups
     dbias = d2.sum(axis=(0, 2)) if has_bias else None
     return dx, dweight, dbias

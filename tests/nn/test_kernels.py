@@ -137,7 +137,6 @@ def test_layer_kernels_bit_identical_across_thread_counts(numba_warm, pixels):
         assert np.array_equal(a, b), f"output {i} differs between 1 and N threads"
 
 
-@pytest.mark.parametrize("limit", [K._MNK, 2**62])  # BLAS multi-threaded; single-threaded
 @pytest.mark.parametrize(
     "B, C, O, H, W, k, stride",
     [
@@ -147,15 +146,10 @@ def test_layer_kernels_bit_identical_across_thread_counts(numba_warm, pixels):
         (2, 3, 8, 9, 12, 7, 2),
     ],
 )
-def test_conv_kernels_with_either_product_size(
-    numba_warm, monkeypatch, limit, B, C, O, H, W, k, stride
-):
-    """Pieces below OpenBLAS's threading threshold (its default of several threads) and whole
-    images (BLAS single-threaded, as in training) give the NumPy im2col result, float64; the
-    first shape has C * pixels > 2**18, so the pieces split the pixels; batches of 1 and 2
-    split the output rows into bands (tasks for every thread); a 7x7 kernel on a map smaller
-    than a few windows has outputs whose receptive field is mostly padding."""
-    monkeypatch.setattr(K, "_product_limit", lambda: limit)
+def test_conv_kernels_match_im2col(numba_warm, B, C, O, H, W, k, stride):
+    """The Numba convolutions give the NumPy im2col result, float64: a large map; batches of 1
+    and 2 split the output rows into bands (tasks for every thread); a 7x7 kernel on a map
+    smaller than a few windows has outputs whose receptive field is mostly padding."""
     rng = np.random.default_rng(B + k)
     x = rng.standard_normal((B, C, H, W))
     w = rng.standard_normal((O, C, k, k))
@@ -190,26 +184,24 @@ def _project_pixels(x, w, b, stride, g):
 
 
 @pytest.mark.parametrize("project", [_project_channels, _project_pixels])
-@pytest.mark.parametrize("limit", [K._MNK, 2**62])  # BLAS multi-threaded; single-threaded
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(
     "B, C, O, H, W, stride, bias",
     [
         (2, 3, 5, 4, 6, 1, True),  # one chunk, every operand whole
         (2, 500, 300, 6, 11, 1, False),  # 66 pixels: partial last chunk; row blocks of 300
-        (2, 500, 600, 6, 11, 1, False),  # C*O > 2**18: the products split the outputs too
+        (2, 500, 600, 6, 11, 1, False),  # large products
         (3, 7, 9, 10, 6, 2, True),  # strided queries: the skipped pixels get zero gradient
         (20, 6, 5, 4, 4, 1, False),  # 16-pixel maps: the weight gradient packs images
-        (2, 64, 5, 72, 72, 1, False),  # C*pixels > 2**18: products over chunks of pixels
-        (1, 64, 96, 72, 72, 1, False),  # batch 1: pixel chunks as tasks; C*pixels > 2**18
+        (2, 64, 5, 72, 72, 1, False),  # large maps
+        (1, 64, 96, 72, 72, 1, False),  # batch 1: pixel chunks as tasks
     ],
 )
 def test_1x1_projection_kernels_match_conv1x1(
-    numba_warm, monkeypatch, project, limit, dtype, B, C, O, H, W, stride, bias
+    numba_warm, project, dtype, B, C, O, H, W, stride, bias
 ):
     """Both layouts of the Numba 1x1 products and their backwards equal the NumPy
-    halo_ref.nn.functional.conv1x1_* in float64, for either BLAS product size."""
-    monkeypatch.setattr(K, "_product_limit", lambda: limit)
+    halo_ref.nn.functional.conv1x1_*."""
     rng = np.random.default_rng(B * C + O)
     x = rng.standard_normal((B, C, H, W))
     w = rng.standard_normal((O, C, 1, 1))
@@ -226,6 +218,57 @@ def test_1x1_projection_kernels_match_conv1x1(
             continue
         assert actual[name].dtype == dtype and actual[name].shape == e.shape
         assert_close(actual[name], e, rtol=RTOL[dtype], name=name)
+
+
+BLAS_KERNELS = ("_project_kernel", "_weight_grad_kernel", "_to_pixels_kernel",
+                "_from_pixels_kernel", "_weight_grad_pixels_kernel", "_conv_forward_kernel",
+                "_conv_backward_kernel")  # fmt: skip
+
+
+def test_layer_kernels_run_blas_single_threaded_and_give_the_same_bits(numba_warm, monkeypatch):
+    """With OpenBLAS on several threads (a fresh install's default), every layer kernel that
+    calls BLAS runs it single-threaded (its products are called from inside Numba's threads,
+    where BLAS threads of their own would oversubscribe the cores) and restores it after; so
+    its products, and the bits, are those of a training run, which sets BLAS to one thread."""
+    from halo_ref._blas import blas_threads, set_blas_threads
+
+    seen = []
+
+    def spy(kernel):
+        def call(*args):
+            seen.append(blas_threads())
+            return kernel(*args)
+
+        return call
+
+    def run():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((3, 64, 40, 40)).astype(np.float32)  # products > 2**18 mult-adds
+        w1, w3 = rng.standard_normal((48, 64, 1, 1)), rng.standard_normal((48, 64, 3, 3))
+        w1, w3 = w1.astype(np.float32), w3.astype(np.float32)
+        y, c = K.conv1x1_forward(x, w1, None, 2)
+        got = [y, *K.conv1x1_backward(y, c)[:2]]
+        y, c = K.conv1x1_to_pixels(x, w1)
+        got += [y, *K.conv1x1_to_pixels_backward(y, c)[:2]]
+        y, c = K.conv2d_forward(x, w3, None, 1, 1)
+        return got + [y, *K.conv2d_backward(y, c)[:2]]
+
+    for name in BLAS_KERNELS:
+        monkeypatch.setattr(K, name, spy(getattr(K, name)))
+    before = blas_threads()
+    try:
+        set_blas_threads(1)
+        one = run()
+        if not set_blas_threads(2):
+            pytest.skip("no OpenBLAS whose thread count can be set was found")
+        two = run()
+        after = blas_threads()
+    finally:
+        set_blas_threads(before)
+    assert len(seen) == 2 * 8 and set(seen) == {1}, seen
+    assert after == 2
+    for a, b in zip(one, two, strict=True):
+        assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
