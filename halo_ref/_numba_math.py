@@ -59,22 +59,39 @@ def f32_from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def fma_f32(typingctx, a, b, c):
+    """a * b + c for float32, rounded once (LLVM's fma intrinsic: the FMA instruction, which
+    vectorises). Written explicitly it is the same operation in every copy of the code that
+    LLVM makes, so it keeps the bits independent of how a kernel was compiled or loaded, which
+    fast-math's contraction of a * b + c (a choice LLVM makes per copy) did not."""
+    if not (a == b == c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fma = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3))
+        return builder.call(fma, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 @njit(cache=True, inline="always")
 def _exp_parts(x):
     """(p, b) with exp(x) = p * 2^n for float32 x in [-87, 0], b the bits of the float 2^n.
 
-    p = exp(r) by the Taylor polynomial, r = x - n ln 2; branch-free, so loops calling it
-    vectorise.
+    p = exp(r) by the Taylor polynomial, r = x - n ln 2, in fused multiply-adds; branch-free,
+    so loops calling it vectorise.
     """
-    k = np.floor(x * _LOG2E + np.float32(0.5))
-    r = x - k * _LN2_HI - k * _LN2_LO
-    p = _C6 + r * _C7
-    p = _C5 + r * p
-    p = _C4 + r * p
-    p = _C3 + r * p
-    p = _C2 + r * p
-    p = np.float32(1.0) + r * p
-    return np.float32(1.0) + r * p, (np.int32(k) + np.int32(127)) << np.int32(23)
+    k = np.floor(fma_f32(x, _LOG2E, np.float32(0.5)))
+    r = fma_f32(-k, _LN2_LO, fma_f32(-k, _LN2_HI, x))
+    p = fma_f32(r, _C7, _C6)
+    p = fma_f32(r, p, _C5)
+    p = fma_f32(r, p, _C4)
+    p = fma_f32(r, p, _C3)
+    p = fma_f32(r, p, _C2)
+    p = fma_f32(r, p, np.float32(1.0))
+    return fma_f32(r, p, np.float32(1.0)), (np.int32(k) + np.int32(127)) << np.int32(23)
 
 
 @njit(cache=True, inline="always")
