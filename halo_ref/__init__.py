@@ -4,6 +4,7 @@ Vaswani et al., "Scaling Local Self-Attention for Parameter Efficient Visual Bac
 CVPR 2021 (arXiv 2103.12731). docs/architecture.md maps the package.
 """
 
+from . import _runtime  # noqa: F401  (first: sets up Numba before any kernel is defined)
 from ._checks import HaloRefError
 from .attention.core import halo_attention_backward, halo_attention_forward
 from .attention.layer import HaloAttention

@@ -24,8 +24,9 @@ exactly the written arithmetic. Loops still vectorise when each lane has its own
 kernels sum across rows, not along one).
 
 Editing this module: Numba's disk cache checks only the source file of each cached kernel, so
-kernels elsewhere that inline these helpers keep their old compiled code. Delete the cache
-(`find halo_ref -name "*.nb[ic]" -delete`) after a change here.
+kernels elsewhere that inline these helpers keep their old compiled code. Delete the cache (the
+folder `halo_ref._runtime.cache_dir()` names, `~/.cache/halo_ref/numba` by default) after a
+change here.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ compiles them with the other layers' kernels); every option (border, stride, sca
 sizes, blocks or strips) is a runtime field of the records. Compiled code is cached on disk
 (`cache=True`), so only the first process pays the compile time. Environment:
 
-- NUMBA_CACHE_DIR: where the cache goes when the package folder is read-only (system installs);
+- NUMBA_CACHE_DIR: where the cache goes (default: the user's cache folder, see
+  `halo_ref._runtime`);
 - NUMBA_NUM_THREADS or `numba.set_num_threads(n)`: the number of threads `prange` uses.
 """
 

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .._checks import HaloRefError, NonFiniteError, arg, check_out_folder
+from .._runtime import cache_dir
 from ..attention.layer import HaloAttention
 from ..backend import resolve, warm_up
 from ..models import halonet
@@ -314,7 +315,7 @@ def _prepare(cfg: TrainConfig, model_factory, loss_fns, dataset, log, progress) 
         )
     if _uses_numba(model):
         # the first run compiles the kernels (tens of seconds): say so rather than look stuck
-        log("preparing the Numba kernels (compiled on the first run, then cached on disk) ...")
+        log(f"preparing the Numba kernels (compiled on the first run, cached in {cache_dir()}) ...")
         log(f"kernels ready in {warm_up(dtypes=(dtype,)):.1f} s")
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     run = _Run(cfg, folder, state, data, model, optimizer, batcher, loss_fns, info, [Hp, Wp],
