@@ -1,5 +1,6 @@
-"""Where the kernel cache goes (halo_ref/_runtime.py; issue 13). Each case runs in a fresh
-interpreter: the folder is chosen once, at import, before Numba defines a kernel."""
+"""Where the kernel cache goes and how OpenMP threads wait (halo_ref/_runtime.py,
+halo_ref/cli/__init__.py; issue 13). Each case runs in a fresh interpreter: both settings are
+made once, at import, before Numba defines a kernel or loads OpenMP."""
 
 from __future__ import annotations
 
@@ -66,3 +67,21 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temporary_folder_with_a_no
     assert "cannot write the kernel cache" in err and "NUMBA_CACHE_DIR" in err, err
     assert _under(got["dir"], tmp_path) and not _under(got["dir"], bad), got
     assert all(_under(p, got["dir"]) for p in got["paths"]), got
+
+
+# the wait policy the command line leaves in the environment, and whether an OpenMP runtime
+# was loaded by then (it reads OMP_WAIT_POLICY once, when loaded)
+_CLI_OPENMP = """
+import json, os
+import halo_ref.cli.main  # noqa: F401
+maps = open("/proc/self/maps").read()
+print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY"),
+                  "loaded": any(lib in maps for lib in ("libgomp", "libiomp", "libomp"))}))
+"""
+
+
+def test_the_cli_makes_openmp_threads_wait_passively_unless_the_user_chose(tmp_path):
+    got = json.loads(_python(_CLI_OPENMP, {"OMP_WAIT_POLICY": None}).stdout)
+    assert got == {"policy": "PASSIVE", "loaded": False}, got
+    got = json.loads(_python(_CLI_OPENMP, {"OMP_WAIT_POLICY": "ACTIVE"}).stdout)
+    assert got["policy"] == "ACTIVE", got

@@ -97,7 +97,8 @@ def register(sub) -> None:
     p.add_argument(
         "--threads",
         type=RULES["threads"],
-        help="threads for the Numba kernels (default: all cores); BLAS runs single-threaded inside them",
+        help="threads for the Numba kernels (default: all cores); BLAS runs single-threaded "
+        "inside them; idle threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set)",
     )
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="default float32")
     p.add_argument("--out", help="output folder (default runs/<dataset>)")
