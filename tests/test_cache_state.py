@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
+
+from halo_ref.training.checkpoint import load_checkpoint
 
 # One training step of the micro HaloNet on the digits, as `halo-ref train` takes it (BLAS on
 # one thread, the float32 kernels' warm-up, AdamW after clipping). Prints the kernels compiled
@@ -82,3 +85,42 @@ def test_a_step_is_bit_identical_whether_kernels_were_compiled_or_loaded(tmp_pat
         assert sorted(a.files) == sorted(b.files)
         differ = [k for k in a.files if a[k].tobytes() != b[k].tobytes()]
     assert not differ, f"{len(differ)} of {len(a.files)} arrays differ: {differ}"
+
+
+def _train(out, cache_dir, *extra):
+    """`halo-ref train` of the micro HaloNet on the digits in a fresh interpreter (a Popen)."""
+    args = ["--epochs", "2", "--checkpoint-every", "5", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    return subprocess.Popen([sys.executable, "-m", "halo_ref", "train", *args, *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def test_a_first_ever_run_killed_and_resumed_ends_bit_identical(tmp_path):
+    """A first-ever run (empty kernel cache: it compiles) killed with SIGKILL after its first
+    checkpoint, then resumed (it loads the kernels that run compiled), ends with the parameters
+    and optimizer state of an uninterrupted run, byte for byte."""
+    cache = tmp_path / "numba-cache"
+    cut = tmp_path / "cut"
+    proc = _train(cut, cache)
+    deadline = time.monotonic() + 900
+    while not (cut / "checkpoint.npz").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 15 minutes"
+        time.sleep(0.05)
+    alive = proc.poll() is None
+    proc.kill()
+    log, _ = proc.communicate()
+    assert alive, f"the run ended before its first checkpoint could be cut short:\n{log}"
+    assert not (cut / "summary.json").exists()
+    logs = []
+    for out, extra in ((cut, ["--resume"]), (tmp_path / "whole", [])):
+        proc = _train(out, cache, *extra)
+        logs.append(proc.communicate(timeout=900)[0])
+        assert proc.returncode == 0, logs[-1]
+    assert "resuming" in logs[0], logs[0]
+    cut_state = load_checkpoint(str(cut / "checkpoint.npz"))
+    whole_state = load_checkpoint(str(tmp_path / "whole" / "checkpoint.npz"))
+    for part in (0, 1):  # the model's parameters and buffers, the optimizer's state
+        a, b = cut_state[part], whole_state[part]
+        assert sorted(a) == sorted(b)
+        differ = [k for k in a if np.asarray(a[k]).tobytes() != np.asarray(b[k]).tobytes()]
+        assert not differ, f"{len(differ)} of {len(a)} arrays differ: {differ}"
