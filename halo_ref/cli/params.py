@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._checks import check_choice
 from ..models import CONFIGS, NAMES, PAPER_TABLE, count_params, halonet
+from ..verification.adapters import kecam_param_counts
 
 
 def register(sub) -> None:
@@ -12,7 +13,8 @@ def register(sub) -> None:
         help="print the H0-H7 table (paper, table 2) with halo_ref's parameter counts",
         description="Builds each of the paper's HaloNets H0-H7 with 1000 classes and prints the "
         "paper's configuration and parameter count beside halo_ref's count. Also lists the small "
-        "models ('micro', 'tiny28', 'tiny', 'tiny64'). See docs/models.md for the choices behind the counts.",
+        "models ('micro', 'tiny28', 'tiny', 'tiny64'), and kecam's counts of H0-H7 when torch and "
+        "kecam are installed. See docs/models.md for the choices behind the counts.",
     )
     p.add_argument(
         "--models",
@@ -21,6 +23,11 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--markdown", action="store_true", help="print a Markdown table (as in docs/models.md)"
+    )
+    p.add_argument(
+        "--no-kecam",
+        action="store_true",
+        help="leave out kecam's counts (shown when torch and kecam are installed)",
     )
     p.set_defaults(func=run)
 
@@ -32,6 +39,7 @@ def run(args) -> int:
     for n in names:
         check_choice(n, "--models entry", NAMES)
     paper = {r[0]: r for r in PAPER_TABLE}
+    kecam = None if args.no_kecam else kecam_param_counts([n for n in names if n in paper])
     head = [
         "model",
         "b",
@@ -45,7 +53,7 @@ def run(args) -> int:
         "halo_ref",
         "diff",
         "top-1",
-    ]
+    ] + (["kecam"] if kecam else [])
     rows = []
     for n in names:
         cfg = CONFIGS[n]
@@ -58,11 +66,16 @@ def run(args) -> int:
                 [n.upper(), b, h, rv, rb, l3, df or "-", image, f"{params}M", f"{count / 1e6:.2f}M"]
                 + [diff, top1]
             )
+            if kecam:  # equal counts are expected (docs/models.md): say when one is not
+                rows[-1].append(
+                    f"{kecam[n] / 1e6:.2f}M" + ("" if kecam[n] == count else " (differs)")
+                )
         else:
             depths = "/".join(str(s.depth) for s in cfg.stages)
             rows.append(
                 [n, "-", "-", "-", "-", depths, "-", cfg.image_size, "-", f"{count / 1e6:.3f}M"]
                 + ["-", "-"]
+                + (["-"] if kecam else [])
             )
     rows = [[str(c) for c in r] for r in rows]
     if args.markdown:
@@ -79,5 +92,6 @@ def run(args) -> int:
         "\nparams: trainable scalars with a 1000-class head (10 for the small models); paper: "
         "table 2 of arXiv 2103.12731; diff: halo_ref relative to the paper's rounded count. For the small "
         "models the l3 column holds the stage depths."
+        + (" kecam: keras-cv-attention-models' HaloNetH0..H7 (PyTorch backend)." if kecam else "")
     )
     return 0

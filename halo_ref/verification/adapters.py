@@ -13,6 +13,7 @@ a vector outside them is "not applicable", with the reason, never a failure.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .. import backend as backends
 from .._checks import HaloRefError
@@ -78,6 +79,17 @@ def halo_ref_adapter(backend="numba") -> Adapter:
         pad_to_blocks=True,
         semantics=EVERYTHING,
     )
+
+
+def kecam_param_counts(names) -> dict[str, int] | None:
+    """kecam's parameter counts of the paper's HaloNets `names` ("h0".."h7"), or None when
+    PyTorch or kecam is not installed (for `halo-ref params`, which then leaves them out)."""
+    if any(importlib.util.find_spec(m) is None for m in ("torch", "keras_cv_attention_models")):
+        return None
+    try:
+        return _torch_side().kecam_param_counts(names)
+    except HaloRefError:  # kecam's h5py missing, or kecam imported on another backend
+        return None
 
 
 def _torch_side():

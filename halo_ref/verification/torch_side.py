@@ -386,6 +386,18 @@ def kecam_weights(weights):
     }
 
 
+def kecam_param_counts(names) -> dict[str, int]:
+    """kecam's parameter counts of the paper's HaloNets ("h0" -> kecam's `HaloNetH0`, 1000
+    classes, no weights loaded)."""
+    module = _kecam()
+    counts = {}
+    for name in names:
+        with contextlib.redirect_stdout(io.StringIO()):  # kecam prints each input shape
+            model = getattr(module, f"HaloNet{name.upper()}")(pretrained=None)
+        counts[name] = int(sum(p.numel() for p in model.parameters()))
+    return counts
+
+
 def kecam_adapter() -> Adapter:
     """kecam's `halo_attention` (border "zeros", scale_pos_embed=False, pooling for odd blocks)."""
     _kecam()

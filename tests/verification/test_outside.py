@@ -146,3 +146,18 @@ def test_flex_page_shows_the_function_verbatim(torch):
 
     page = (ROOT / "docs" / "flex_attention.md").read_text()
     assert inspect.getsource(torch_side.flex_halo_attention) in page
+
+
+@pytest.mark.torch
+def test_params_shows_kecams_counts(outside_packages, capsys):
+    """kecam's H0-H7 have exactly halo_ref's parameter counts (docs/models.md)."""
+    from halo_ref.models import count_params, halonet
+    from halo_ref.verification.adapters import kecam_param_counts
+
+    counts = kecam_param_counts(["h0", "h3"])
+    assert counts == {n: count_params(halonet(n, num_classes=1000)) for n in ("h0", "h3")}
+    assert main(["params", "--models", "h0,micro"]) == 0
+    out = capsys.readouterr().out
+    assert "kecam" in out.splitlines()[0] and "(differs)" not in out
+    assert main(["params", "--models", "h0", "--no-kecam"]) == 0
+    assert "kecam" not in capsys.readouterr().out.splitlines()[0]
