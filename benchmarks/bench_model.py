@@ -3,14 +3,21 @@ pass of the paper's H0-H7 at their image sizes.
 
     python benchmarks/bench_model.py                 # tiny, batch 64, 2 threads, vs PyTorch
     python benchmarks/bench_model.py --family        # H0-H7 forward, batch 1, time + peak memory
+    python benchmarks/bench_model.py --busy 1        # and again beside 1 busy process
 
 Step mode: one training step (forward, softmax cross-entropy, backward, SGD update) at batch 64
 on 32x32x3, timed for halo_ref and for its PyTorch twin (torch.nn + timm's HaloAttn, same
 weights) in one process with the same thread count, the two taking turns (a few steps each, the
 first of each turn untimed, see timed_interleaved); medians over --repeats runs after --warmup
 runs, images per second and the ratio halo_ref / PyTorch (of the medians, and the median of the
-ratios of steps paired turn by turn). Then one more instrumented
-set of steps gives halo_ref's time per layer type and per layer, slowest first.
+ratios of steps paired turn by turn). With --busy N the same steps are then timed again while
+N processes that only spin (`while True: pass`, as a busy browser or another job would) run
+beside them, and the loaded/quiet throughput ratio is printed for each: on a 2-core machine one
+busy process should cost a step at most half its speed (ratio 0.5). Then one more instrumented
+set of steps (quiet) gives halo_ref's time per layer type and per layer, slowest first.
+
+OpenMP's idle threads wait passively (OMP_WAIT_POLICY=PASSIVE, set as `halo-ref` sets it,
+unless the environment sets it): the figures are those of the command line.
 
 Family mode: each model runs in a fresh subprocess (so its peak memory is its own) in eval
 mode, batch 1, at the paper's image size: build time, median forward time, the peak of NumPy's
@@ -23,6 +30,7 @@ The machine may be shared: compare ratios measured in the same run, not absolute
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -52,6 +60,13 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (JIT, caches)")
     p.add_argument("--backend", default=None, help="halo attention backend (default: layer's)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
+    p.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="step mode: time the steps again beside N busy processes, print loaded/quiet ratios",
+    )
     p.add_argument("--family", action="store_true", help="H0-H7 forward at paper image size")
     p.add_argument("--models", default="h0,h1,h2,h3,h4,h5,h6,h7", help="family mode: which")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # family worker
@@ -68,6 +83,22 @@ def pin_threads(n, blas=None):
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
     os.environ["OPENBLAS_NUM_THREADS"] = str(blas)
+    # as the `halo-ref` command line does (halo_ref/cli/__init__.py): idle threads sleep
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@contextlib.contextmanager
+def busy_processes(n):
+    """n child processes that spin on a core each, for as long as the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # let them start spinning before anything is timed
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
 
 
 def median(xs):
@@ -164,6 +195,7 @@ def run_step(args):
         "blas_threads": args.blas_threads or args.threads,
         "repeats": args.repeats,
         "backend": resolve(model.backend).name,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
     twin = None
@@ -190,30 +222,25 @@ def run_step(args):
             opt.step()
 
         steps["pytorch twin"] = torch_step
-    times = timed_interleaved(list(steps.values()), args.repeats, args.warmup)
-    rows = list(zip(steps, times, strict=True))
-
     print(
         f"\n{args.model}: {result['params']:,} params, batch {args.batch}, "
         f"{args.threads} threads (BLAS {result['blas_threads']}), attention backend "
-        f"{result['backend']!r}, "
+        f"{result['backend']!r}, OMP_WAIT_POLICY={result['omp_wait_policy']}, "
         f"median of {args.repeats} after {args.warmup} warm-up"
         + (", the two taking turns" if twin is not None else "")
     )
-    print(f"{'':14s} {'step (s)':>9s} {'images/s':>9s} {'min (s)':>8s} {'max (s)':>8s}")
-    for label, times in rows:
-        med = median(times)
-        result[label] = {"median_s": med, "images_per_s": args.batch / med, "times_s": times}
-        print(f"{label:14s} {med:9.3f} {args.batch / med:9.1f} {min(times):8.3f} {max(times):8.3f}")
-    if twin is not None:
-        ratio = result["pytorch twin"]["median_s"] / result["halo_ref"]["median_s"]
-        # each twin step over the halo_ref step of the same turn: robust to slow spells
-        paired = median([t / h for h, t in zip(rows[0][1], rows[1][1], strict=True)])
-        result["speedup_vs_pytorch"] = ratio
-        result["speedup_vs_pytorch_paired_median"] = paired
-        print(
-            f"halo_ref / PyTorch throughput ratio: {ratio:.2f}x (median of paired ratios {paired:.2f}x)"
-        )
+    times = timed_interleaved(list(steps.values()), args.repeats, args.warmup)
+    result.update(step_table(steps, times, args.batch, "quiet" if args.busy else ""))
+    if args.busy:
+        with busy_processes(args.busy):
+            times = timed_interleaved(list(steps.values()), args.repeats, args.warmup)
+        loaded = step_table(steps, times, args.batch, f"beside {args.busy} busy")
+        result["busy"] = {"processes": args.busy, **loaded}
+        print(f"loaded / quiet throughput beside {args.busy} busy process(es):")
+        for label in steps:
+            ratio = result[label]["median_s"] / loaded[label]["median_s"]
+            result["busy"][label]["loaded_over_quiet"] = ratio
+            print(f"  {label:14s} {ratio:.2f}")
 
     # per-layer breakdown: a separate, instrumented run (the wrappers cost a little)
     by_type, by_name = instrument(model)
@@ -231,6 +258,27 @@ def run_step(args):
         print(f"{name:30s} {(f + b) / n:8.3f} s  ({(f + b) / n / total:5.1%})")
     result["by_type_s"] = {k: [f / n, b / n] for k, (f, b) in by_type.items()}
     result["by_layer_s"] = {k: [f / n, b / n] for k, (f, b) in by_name.items()}
+    return result
+
+
+def step_table(steps, times, batch, title):
+    """Print one table of step times (and halo_ref / PyTorch ratios); returns its figures."""
+    rows = list(zip(steps, times, strict=True))
+    result = {}
+    print(f"{title:14s} {'step (s)':>9s} {'images/s':>9s} {'min (s)':>8s} {'max (s)':>8s}")
+    for label, ts in rows:
+        med = median(ts)
+        result[label] = {"median_s": med, "images_per_s": batch / med, "times_s": ts}
+        print(f"{label:14s} {med:9.3f} {batch / med:9.1f} {min(ts):8.3f} {max(ts):8.3f}")
+    if len(rows) == 2:
+        ratio = result["pytorch twin"]["median_s"] / result["halo_ref"]["median_s"]
+        # each twin step over the halo_ref step of the same turn: robust to slow spells
+        paired = median([t / h for h, t in zip(rows[0][1], rows[1][1], strict=True)])
+        result["speedup_vs_pytorch"] = ratio
+        result["speedup_vs_pytorch_paired_median"] = paired
+        print(
+            f"halo_ref / PyTorch throughput ratio: {ratio:.2f}x (median of paired ratios {paired:.2f}x)"
+        )
     return result
 
 
@@ -314,6 +362,8 @@ def run_family(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.busy < 0:
+        raise ValueError(f"--busy must be >= 0 processes, got {args.busy}")
     pin_threads(args.threads, args.blas_threads)
     if args.one:
         args.repeats = args.repeats or 5
