@@ -143,7 +143,7 @@ API_GROUPS = [
     ("Halo attention: the data path", [
         "halo_ref.attention", "halo_ref.attention.blocking", "halo_ref.attention.relpos",
         "halo_ref.attention.core", "halo_ref.attention.kernels", "halo_ref.attention.dense",
-        "halo_ref.attention.layer"]),
+        "halo_ref.attention.layer", "halo_ref.attention.bottleneck"]),
     ("The backend switch", ["halo_ref.backend"]),
     ("Building blocks", [
         "halo_ref.nn", "halo_ref.nn.functional", "halo_ref.nn.kernels", "halo_ref.nn.module",

@@ -86,6 +86,9 @@ def test_top_k_orders_by_probability():
 @pytest.mark.torch
 def test_pretrained_configs_are_timms(timm):
     """The stated copies of timm's pretrained_cfg (so that no timm is needed at run time)."""
+    from halo_ref.models.timm_byobnet import TIMM_NAMES
+
+    assert set(PRETRAINED_CFG) == set(TIMM_NAMES)
     for name, cfg in PRETRAINED_CFG.items():
         theirs = timm.models.get_pretrained_cfg(name)
         assert theirs.input_size == (3, cfg["input_size"], cfg["input_size"]), name

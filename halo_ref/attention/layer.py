@@ -184,7 +184,7 @@ class HaloAttention(Module):
 
         x: (B, dim, H, W) -> q_map (B, heads*d_qk, H/s, W/s), kv_map (B, heads*(d_qk+d_v), H, W).
         """
-        p = self._params
+        p = self._core_params()
         q_map, _ = conv1x1_forward(x, p["q.weight"], p.get("q.bias"), self.query_stride)
         kv_map, _ = conv1x1_forward(x, p["kv.weight"], p.get("kv.bias"))
         return q_map, kv_map
@@ -196,7 +196,7 @@ class HaloAttention(Module):
         x = check_feature_map(x, "x", channels=self.dim, dtype=self.dtype, owner=owner)
         check_spatial(*x.shape[2:], block_size=self.block_size, stride=self.stride, owner=owner)
         layer = resolve(self.backend)
-        out, core_cache = layer.halo_layer_forward(x, self._params, **self.core_kwargs())
+        out, core_cache = layer.halo_layer_forward(x, self._core_params(), **self.core_kwargs())
         pool_cache = None
         if self.pool:
             out, pool_cache = avgpool2x2_forward(out)
@@ -219,5 +219,16 @@ class HaloAttention(Module):
             )
         if self.pool:
             dout = avgpool2x2_backward(dout, self._cache.pool)
-        dx, self._grads = self._cache.backend.halo_layer_backward(dout, self._cache.core)
+        dx, grads = self._cache.backend.halo_layer_backward(dout, self._cache.core)
+        self._grads = self._grads_from_core(grads)
         return dx
+
+    # A layer that stores its projections differently (`BottleneckAttention`: one qkv
+    # convolution) hands the core timm's HaloAttn parameters and takes their gradients back.
+    def _core_params(self) -> dict[str, np.ndarray]:
+        """The parameters under the core's names (q.weight, kv.weight, pos_embed.*)."""
+        return self._params
+
+    def _grads_from_core(self, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The core's gradients (the keys of `_core_params`) under this layer's names."""
+        return grads

@@ -20,10 +20,12 @@ class ImageClassifier(Sequential):
     A subclass builds its children, then calls `_set_io`.
     """
 
-    def _set_io(self, *, name, num_classes, in_chans, dtype, input_multiple, backend, hint=""):
-        """name: how errors name the model; hint: what the input-size error adds."""
+    def _set_io(self, *, name, num_classes, in_chans, dtype, input_multiple, backend, hint="",
+                fixed_size=None):  # fmt: skip
+        """name: how errors name the model; hint: what the input-size error adds; fixed_size:
+        the one image side the model takes (a layer built for one map size), or None."""
         self.model_name, self.num_classes, self.in_chans = name, num_classes, in_chans
-        self.dtype, self.input_multiple = dtype, input_multiple
+        self.dtype, self.input_multiple, self.fixed_size = dtype, input_multiple, fixed_size
         self.backend = None if backend is None else backends.resolve(backend)
         self._size_hint = hint
 
@@ -32,6 +34,13 @@ class ImageClassifier(Sequential):
         owner = f"halonet({self.model_name!r}).forward"
         x = check_feature_map(x, "x", channels=self.in_chans, dtype=self.dtype, owner=owner)
         H, W = x.shape[2:]
+        s = self.fixed_size
+        if s is not None and (H, W) != (s, s):
+            raise HaloRefError(
+                f"{owner}: image size {H}x{W}, but the model was built for {s}x{s} images "
+                f"(its bottleneck attention is built for one map size); resize to {s}x{s} or "
+                "build it with img_size=..."
+            )
         m = self.input_multiple
         if H % m or W % m or min(H, W) < m:
             raise HaloRefError(

@@ -10,6 +10,11 @@ Two block kinds appear:
     self_attn: conv1_1x1 -> self_attn (halo attention, stride) -> post_attn (BN + act)
                -> conv3_1x1 (no act) -> + shortcut -> act
 
+In halo2botnet50ts_256 the self_attn blocks of the last stage hold bottleneck attention
+(`halo_ref.attention.bottleneck`: halo attention with one block over the whole map), whose map
+size timm fixes from the model's image size: that model takes `img_size` x `img_size` images
+only (timm's `fixed_input_size`).
+
 The shortcut is the identity when the shape is kept and a strided 1x1 conv + BN otherwise (or
 no residual at all for haloregnetz_b, whose `downsample` is empty). The bottleneck width is
 make_divisible(out * br) (or of the input's width with `bottle_in`). Everything here is written
@@ -29,6 +34,7 @@ import numpy as np
 
 from .. import backend as backends
 from .._checks import check_choice, check_positive_int, float_dtype
+from ..attention.bottleneck import BottleneckAttention
 from ..attention.layer import HaloAttention
 from ..nn.init import as_generator, make_divisible
 from ..nn.layers import (
@@ -50,7 +56,8 @@ from .classifier import ImageClassifier
 class StageSpec:
     """One stage: `kinds` is one letter per block, B (bottle) or A (self_attn, halo attention);
     out: output width; stride of the first block; gs: group size of the 3x3 convs (0: none);
-    br: bottleneck ratio; self_attn: this stage's halo attention arguments (None: the model's).
+    br: bottleneck ratio; self_attn: this stage's attention arguments (None: the model's);
+    self_attn_layer: "halo" or "bottleneck" (`BottleneckAttention`).
     """
 
     kinds: str
@@ -59,6 +66,7 @@ class StageSpec:
     gs: int = 0
     br: float = 0.25
     self_attn: dict | None = None
+    self_attn_layer: str = "halo"
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,18 @@ TIMM_CONFIGS: dict[str, TimmHaloNetSpec] = {
         self_attn=dict(block_size=7, halo_size=2, qk_ratio=0.33),
         image_size=224,
     ),
+    "halo2botnet50ts_256": TimmHaloNetSpec(
+        stages=(
+            StageSpec("BBB", 256, 1),
+            StageSpec("BABA", 512, 2, self_attn=dict(halo_size=3)),
+            StageSpec("BABABA", 1024, 2, self_attn=dict(halo_size=3)),
+            StageSpec("BAB", 2048, 2, self_attn={}, self_attn_layer="bottleneck"),
+        ),
+        **_RESNET_T,
+        stem_pool=False,
+        act="silu",
+        self_attn=dict(block_size=8, halo_size=3),
+    ),
 }
 TIMM_NAMES = tuple(TIMM_CONFIGS)
 
@@ -208,8 +228,9 @@ class ResidualBlock(Module):
         return d if dx is None else backends.current().add(d, dx)
 
 
-def _block(kind, in_ch, stage: StageSpec, stride, spec: TimmHaloNetSpec, dt, rng):
-    """One residual block of timm's byobnet with timm's child names."""
+def _block(kind, in_ch, stage: StageSpec, stride, spec: TimmHaloNetSpec, dt, rng, feat):
+    """One residual block of timm's byobnet with timm's child names; feat: the side of its
+    input map (for bottleneck attention)."""
     act = spec.act
     mid = make_divisible((in_ch if spec.bottle_in else stage.out) * stage.br)
     groups = mid // stage.gs if stage.gs else 1
@@ -233,9 +254,13 @@ def _block(kind, in_ch, stage: StageSpec, stride, spec: TimmHaloNetSpec, dt, rng
             body.append(("attn", EfficientChannelAttention(mid, dtype=dt, rng=rng)))
     else:
         kwargs = dict(stage.self_attn if stage.self_attn is not None else spec.self_attn)
-        body.append(
-            ("self_attn", HaloAttention(mid, mid, stride=stride, dtype=dt, rng=rng, **kwargs))
-        )
+        if stage.self_attn_layer == "bottleneck":
+            attn = BottleneckAttention(
+                mid, mid, feat_size=feat, stride=stride, dtype=dt, rng=rng, **kwargs
+            )
+        else:
+            attn = HaloAttention(mid, mid, stride=stride, dtype=dt, rng=rng, **kwargs)
+        body.append(("self_attn", attn))
         body.append(("post_attn", BatchNormAct2d(mid, act=act, dtype=dt)))
     body.append(("conv3_1x1", ConvBnAct(mid, stage.out, 1, act="identity", dtype=dt, rng=rng)))
     return ResidualBlock(body, shortcut, "identity" if spec.linear_out else act)
@@ -274,11 +299,13 @@ class TimmHaloNet(ImageClassifier):
     """
 
     def __init__(self, name, *, num_classes=1000, in_chans=3, dtype=np.float32, rng=None,
-                 backend=None, self_attn_kwargs=None):  # fmt: skip
+                 backend=None, self_attn_kwargs=None, img_size=None):  # fmt: skip
         check_choice(name, "name", TIMM_NAMES)
         spec = TIMM_CONFIGS[name]
         if self_attn_kwargs is not None:  # as timm's create_model(..., self_attn_kwargs=...)
             spec = replace(spec, self_attn=dict(self_attn_kwargs))
+        if img_size is not None:  # as timm's create_model(..., img_size=...)
+            spec = replace(spec, image_size=check_positive_int(img_size, "img_size"))
         dt, rng = float_dtype(dtype), as_generator(rng)
         stem, ch = _stem(spec, check_positive_int(in_chans, "in_chans"), dt, rng)
         reduction = 2 if spec.stem == "3x3" else 4  # the stem's: two stride-2 steps, or one
@@ -288,7 +315,7 @@ class TimmHaloNet(ImageClassifier):
             blocks = []
             for j, kind in enumerate(stage.kinds):
                 stride = stage.stride if j == 0 else 1
-                block = _block(kind, ch, stage, stride, spec, dt, rng)
+                block = _block(kind, ch, stage, stride, spec, dt, rng, spec.image_size // reduction)
                 if kind == "A":  # its input map must hold whole blocks (and strides)
                     attn = block.children()["self_attn"]
                     multiple = math.lcm(
@@ -318,6 +345,11 @@ class TimmHaloNet(ImageClassifier):
             input_multiple=multiple,
             backend=backend,
             hint=" (timm's attention does not pad)",
+            fixed_size=(
+                spec.image_size
+                if any(st.self_attn_layer == "bottleneck" for st in spec.stages)
+                else None
+            ),
         )
 
     def __repr__(self):
@@ -325,15 +357,17 @@ class TimmHaloNet(ImageClassifier):
 
 
 def timm_halonet(name, *, num_classes=1000, in_chans=3, dtype=np.float32, rng=None, backend=None,
-                 self_attn_kwargs=None):  # fmt: skip
+                 self_attn_kwargs=None, img_size=None):  # fmt: skip
     """Build timm's HaloNet `name` (one of `TIMM_NAMES`) with timm's state-dict keys and shapes.
 
     self_attn_kwargs: replaces the model-wide halo attention arguments (stage-level ones stay),
     as `timm.create_model(name, self_attn_kwargs=...)` does; e.g. smaller blocks for small
-    images in tests.
+    images in tests. img_size: the image size that fixes bottleneck attention's map
+    (halo2botnet50ts_256; default 256), as `timm.create_model(name, img_size=...)`.
     """
     return TimmHaloNet(name, num_classes=num_classes, in_chans=in_chans, dtype=dtype, rng=rng,
-                       backend=backend, self_attn_kwargs=self_attn_kwargs)  # fmt: skip
+                       backend=backend, self_attn_kwargs=self_attn_kwargs,
+                       img_size=img_size)  # fmt: skip
 
 
 __all__ = ["TIMM_CONFIGS", "TIMM_NAMES", "TimmHaloNet", "timm_halonet"]

@@ -116,3 +116,16 @@ def test_input_sizes_that_timm_cannot_block_are_one_line_errors():
         model.forward(np.zeros((1, 3, 32, 100), np.float32))
     with pytest.raises(HaloRefError, match=r"dlogits must have shape \(B, 1000\)"):
         model.backward(np.zeros((1, 10), np.float32))
+
+
+def test_bottleneck_models_take_their_image_size_only():
+    """halo2botnet50ts_256's last stage attends over the whole map, built for 8x8 at 256x256:
+    another size is a one-line error before any work (a 512 image would otherwise be cut into
+    four blocks and run, silently other than timm)."""
+    model = timm_halonet("halo2botnet50ts_256")
+    assert model.fixed_size == 256 and model.input_multiple == 256
+    attn = model.children()["stages"].children()["3"].children()["1"].children()["self_attn"]
+    assert (attn.feat_size, attn.block_size, attn.halo_size) == (8, 8, 0)
+    with pytest.raises(HaloRefError, match="built for 256x256 images"):
+        model.forward(np.zeros((1, 3, 512, 512), np.float32))
+    assert timm_halonet("halo2botnet50ts_256", img_size=128).fixed_size == 128
