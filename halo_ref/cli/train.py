@@ -20,7 +20,7 @@ def register(sub) -> None:
         description="Trains a HaloNet with a progress bar per epoch and writes metrics.jsonl, "
         "checkpoint.npz, best.npz, curves.png and summary.json into --out. Options left unset "
         "take the run's recipe: the dataset's own (digits: model micro, 20 epochs; cifar10: "
-        "model tiny, 30 epochs), or for your own images the one for their size (up to 16 px: "
+        "model tiny, 25 epochs), or for your own images the one for their size (up to 16 px: "
         "micro; 17-28 px: tiny28; 29-32 px: tiny; larger: tiny64); the first line of the run "
         "says which and why. A run killed at any moment continues with --resume and ends with "
         "the same parameters as an uninterrupted run.",

@@ -54,7 +54,7 @@ _DIGITS = Recipe(
     about="the bundled 8x8 digits",
 )  # fmt: skip
 _CIFAR10 = Recipe(
-    name="cifar10", model="tiny", epochs=30, batch_size=128, optimizer="adamw", lr=2e-3,
+    name="cifar10", model="tiny", epochs=25, batch_size=128, optimizer="adamw", lr=2e-3,
     weight_decay=0.05, warmup_epochs=2.0, label_smoothing=0.1, crop_pad=4, flip=True,
     about="CIFAR-10, 32x32 colour photographs",
 )  # fmt: skip
