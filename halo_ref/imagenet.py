@@ -38,6 +38,7 @@ PRETRAINED_CFG = {
         input_size=224, crop_pct=0.94, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3
     ),
     "halo2botnet50ts_256": {**_HALONET_256, "crop_pct": 0.95},
+    "lamhalobotnet50ts_256": {**_HALONET_256, "crop_pct": 0.95},
 }
 _RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}
 

@@ -27,12 +27,14 @@ SMALL = {
     # setting does not replace, so the image must be 128: its third stage's map is 8x8, and the
     # bottleneck attention of the last is built for 4x4 maps (img_size)
     "halo2botnet50ts_256": {},
+    "lamhalobotnet50ts_256": {},
 }
 # halonet_h1 (19 attention blocks, no convolution) saturates on 64x64 images: its float64
 # gradients underflow to 1e-153 in evaluation mode. 128x128 keeps it well conditioned.
-SIZE = {name: 128 if name in ("halonet_h1", "halo2botnet50ts_256") else 64 for name in SMALL}
+AT_128 = ("halonet_h1", "halo2botnet50ts_256", "lamhalobotnet50ts_256")
+SIZE = {name: 128 if name in AT_128 else 64 for name in SMALL}
 # create_model arguments besides self_attn_kwargs at the small size
-EXTRA = {"halo2botnet50ts_256": dict(img_size=128)}
+EXTRA = {name: dict(img_size=128) for name in ("halo2botnet50ts_256", "lamhalobotnet50ts_256")}
 
 
 def randomise_batchnorm(torch, model, seed, x):
@@ -127,3 +129,20 @@ def compare_with_timm(timm, torch, name, *, size, dtype, training, batch=2, smal
     theirs.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     theirs.train(training)
     return ours_errors, errors(run_timm(torch, theirs, x.astype(dtype), labels), truth)
+
+
+def assert_layer_matches_torch(torch, ours, theirs, x, rng):
+    """One float64 layer of halo_ref and its torch counterpart (already holding the same
+    weights and mode) on input x with a random dout: output, dx and every parameter gradient
+    agree to 1e-12 absolute (float64 rounding on O(1) values; a wrong channel or row order errs
+    by O(1))."""
+    out = ours.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = ours.backward(dout)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = theirs(xt)
+    out_t.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-12)
+    for name, p in theirs.named_parameters():
+        np.testing.assert_allclose(ours.grads[name], p.grad.numpy(), rtol=0, atol=1e-12)

@@ -10,7 +10,8 @@ Two block kinds appear:
     self_attn: conv1_1x1 -> self_attn (halo attention, stride) -> post_attn (BN + act)
                -> conv3_1x1 (no act) -> + shortcut -> act
 
-In halo2botnet50ts_256 the self_attn blocks of the last stage hold bottleneck attention
+In halo2botnet50ts_256 and lamhalobotnet50ts_256 (whose second stage holds lambda layers,
+`halo_ref.nn.layers.LambdaLayer`) the self_attn blocks of the last stage hold bottleneck attention
 (`halo_ref.attention.bottleneck`: halo attention with one block over the whole map), whose map
 size timm fixes from the model's image size: that model takes `img_size` x `img_size` images
 only (timm's `fixed_input_size`).
@@ -43,6 +44,7 @@ from ..nn.layers import (
     ConvBnAct,
     EfficientChannelAttention,
     GlobalAvgPool,
+    LambdaLayer,
     Linear,
     MaxPool2d,
     Sequential,
@@ -57,7 +59,7 @@ class StageSpec:
     """One stage: `kinds` is one letter per block, B (bottle) or A (self_attn, halo attention);
     out: output width; stride of the first block; gs: group size of the 3x3 convs (0: none);
     br: bottleneck ratio; self_attn: this stage's attention arguments (None: the model's);
-    self_attn_layer: "halo" or "bottleneck" (`BottleneckAttention`).
+    self_attn_layer: "halo", "bottleneck" (`BottleneckAttention`) or "lambda" (`LambdaLayer`).
     """
 
     kinds: str
@@ -173,6 +175,18 @@ TIMM_CONFIGS: dict[str, TimmHaloNetSpec] = {
         self_attn=dict(block_size=7, halo_size=2, qk_ratio=0.33),
         image_size=224,
     ),
+    "lamhalobotnet50ts_256": TimmHaloNetSpec(
+        stages=(
+            StageSpec("BBB", 256, 1),
+            StageSpec("BABA", 512, 2, self_attn=dict(r=13), self_attn_layer="lambda"),
+            StageSpec("BABABA", 1024, 2, self_attn=dict(halo_size=3)),
+            StageSpec("BAB", 2048, 2, self_attn={}, self_attn_layer="bottleneck"),
+        ),
+        **_RESNET_T,
+        stem_pool=False,
+        act="silu",
+        self_attn=dict(block_size=8, halo_size=3),
+    ),
     "halo2botnet50ts_256": TimmHaloNetSpec(
         stages=(
             StageSpec("BBB", 256, 1),
@@ -258,6 +272,8 @@ def _block(kind, in_ch, stage: StageSpec, stride, spec: TimmHaloNetSpec, dt, rng
             attn = BottleneckAttention(
                 mid, mid, feat_size=feat, stride=stride, dtype=dt, rng=rng, **kwargs
             )
+        elif stage.self_attn_layer == "lambda":
+            attn = LambdaLayer(mid, mid, stride=stride, dtype=dt, rng=rng, **kwargs)
         else:
             attn = HaloAttention(mid, mid, stride=stride, dtype=dt, rng=rng, **kwargs)
         body.append(("self_attn", attn))
@@ -318,9 +334,8 @@ class TimmHaloNet(ImageClassifier):
                 block = _block(kind, ch, stage, stride, spec, dt, rng, spec.image_size // reduction)
                 if kind == "A":  # its input map must hold whole blocks (and strides)
                     attn = block.children()["self_attn"]
-                    multiple = math.lcm(
-                        multiple, reduction * math.lcm(attn.block_size, attn.stride)
-                    )
+                    block_size = getattr(attn, "block_size", 1)  # a lambda layer has none
+                    multiple = math.lcm(multiple, reduction * math.lcm(block_size, attn.stride))
                 blocks.append(block)
                 reduction *= stride
                 ch = stage.out

@@ -590,3 +590,80 @@ def eca_backward(dout, cache):
     dmeans = dpadded[:, p : p + C]  # B, C
     dweight = dweight.reshape(1, 1, k).astype(cache.weight.dtype, copy=False)
     return _gated_input_grad(dout, cache, dmeans), dweight
+
+
+# -- lambda layer (LambdaNetworks, Bello 2021, arXiv 2102.08602; timm's LambdaLayer) -----------
+class LambdaCache(NamedTuple):
+    """What `lambda_backward` needs from `lambda_forward`."""
+
+    q: np.ndarray  # B, heads, K, M: the normalised queries
+    k_soft: np.ndarray  # B, K, M: the keys after their softmax over positions
+    v: np.ndarray  # B, V, M: the normalised values
+    content_lam: np.ndarray  # B, K, V
+    position_lam: np.ndarray  # B, M, K, V
+    conv: Conv2dCache  # the position lambdas' convolution
+    map_shape: tuple  # (H, W)
+
+
+def lambda_forward(q_map, k_map, v_map, conv_weight, conv_bias):
+    """A lambda layer with a local position lambda (timm's `LambdaLayer` with r set).
+
+    q_map: (B, heads*K, H, W) queries (normalised); k_map: (B, K, H, W) key logits;
+    v_map: (B, V, H, W) values (normalised); conv_weight: (K, 1, r, r), conv_bias: (K,).
+    Returns out (B, heads*V, H, W) and a cache. With M = H*W positions m = (y, x):
+
+        k = softmax over m of k_map                          (B, K, M)
+        content_lam[k, v] = sum_m k[k, m] v[v, m]            one K x V matrix per image
+        position_lam[m, k, v] = sum_ij w[k, i, j] v[v, y+i-r//2, x+j-r//2] + bias[k]
+        out[h, v, m] = sum_k q[h, k, m] (content_lam[k, v] + position_lam[m, k, v])
+
+    The position lambda is an r x r convolution with one input channel and K output channels,
+    applied to each value channel separately (timm's Conv3d with kernel (r, r, 1)).
+    """
+    B, K, H, W = k_map.shape
+    V, M = v_map.shape[1], H * W
+    heads = q_map.shape[1] // K
+    r = conv_weight.shape[-1]
+    q = q_map.reshape(B, heads, K, M)
+    k_soft, _ = softmax_forward(k_map.reshape(B, K, M))
+    v = v_map.reshape(B, V, M)
+    content_lam = np.matmul(k_soft, v.transpose(0, 2, 1))  # B, K, V
+    # each value channel as its own one-channel image: (B*V, 1, H, W) -> (B*V, K, H, W)
+    pos, conv_cache = conv2d_forward(
+        v_map.reshape(B * V, 1, H, W), conv_weight, conv_bias, padding=r // 2
+    )
+    position_lam = pos.reshape(B, V, K, M).transpose(0, 3, 2, 1)  # B, M, K, V
+    content_out = np.matmul(q.transpose(0, 1, 3, 2), content_lam[:, None])  # B, heads, M, V
+    position_out = np.einsum("bhkm,bmkv->bhmv", q, position_lam)  # B, heads, M, V
+    out = (content_out + position_out).transpose(0, 1, 3, 2).reshape(B, heads * V, H, W)
+    cache = LambdaCache(q, k_soft, v, content_lam, position_lam, conv_cache, (H, W))
+    return out, cache
+
+
+def lambda_backward(dout, cache):
+    """Gradients of `lambda_forward`: dq_map, dk_map (of the logits), dv_map, dconv_weight,
+    dconv_bias, in the shapes of the forward's arguments."""
+    q, k_soft, v, content_lam, position_lam, conv_cache, (H, W) = cache
+    B, heads, K, M = q.shape
+    V = v.shape[1]
+    d = dout.reshape(B, heads, V, M)  # d out[h, v, m]
+    # out = q^T (content_lam + position_lam): each lambda gets q's weighting of dout
+    dq = np.matmul(content_lam[:, None], d)  # B, heads, K, M: sum_v content_lam[k, v] d[v, m]
+    dq += np.einsum("bmkv,bhvm->bhkm", position_lam, d)
+    dcontent = np.einsum("bhkm,bhvm->bkv", q, d)  # B, K, V
+    dposition = np.einsum("bhkm,bhvm->bmkv", q, d)  # B, M, K, V
+    # content_lam = k_soft v^T
+    dk_soft = np.matmul(dcontent, v)  # B, K, M
+    dv = np.matmul(dcontent.transpose(0, 2, 1), k_soft)  # B, V, M
+    dk = softmax_backward(dk_soft, k_soft)
+    # position_lam back through the per-value-channel convolution
+    dpos = dposition.transpose(0, 3, 2, 1).reshape(B * V, K, H, W)
+    dv_img, dweight, dbias = conv2d_backward(np.ascontiguousarray(dpos), conv_cache)
+    dv = dv + dv_img.reshape(B, V, M)
+    return (
+        dq.reshape(B, heads * K, H, W),
+        dk.reshape(B, K, H, W),
+        dv.reshape(B, V, H, W),
+        dweight,
+        dbias,
+    )

@@ -20,7 +20,7 @@ import numpy as np
 from .. import backend
 from .._checks import HaloRefError, check_feature_map, check_positive_int, float_dtype
 from . import functional as F
-from .init import as_generator, trunc_normal, uniform_fan_in
+from .init import as_generator, make_divisible, trunc_normal, uniform_fan_in
 from .module import Module
 
 
@@ -495,3 +495,102 @@ class BnAct(Sequential):
         if act not in ACTIVATIONS:
             raise HaloRefError(f"act={act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
         super().__init__(("bn", BatchNorm2d(channels, dtype=dtype)), ("act", ACTIVATIONS[act]()))
+
+
+class LambdaLayer(_Pair):
+    """timm's `LambdaLayer` with a local position lambda (LambdaNetworks, arXiv 2102.08602):
+    children `qkv` (a 1x1 Conv2d without bias), `norm_q`, `norm_v` (BatchNorm2d); parameters
+    `conv_lambda.weight` (K, 1, r, r, 1) and `conv_lambda.bias` (K,), timm's Conv3d shapes.
+
+    x: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride). K = dim_head (default 16, or
+    make_divisible(dim_out * qk_ratio, 8) // num_heads when dim_head is None), V = dim_out //
+    num_heads. The qkv channels are [queries (heads*K) | keys (K) | values (V)]; queries and
+    values are batch-normalised, keys go through a softmax over positions
+    (`halo_ref.nn.functional.lambda_forward`). stride 2 pools 2x2 afterwards, as timm does.
+    """
+
+    def __init__(
+        self,
+        dim,
+        dim_out=None,
+        *,
+        stride=1,
+        num_heads=4,
+        dim_head=16,
+        r=9,
+        qk_ratio=1.0,
+        dtype=np.float32,
+        rng=None,
+    ):
+        super().__init__()
+        dim = check_positive_int(dim, "dim")
+        dim_out = check_positive_int(dim_out, "dim_out") if dim_out is not None else dim
+        heads = check_positive_int(num_heads, "num_heads")
+        if dim_out % heads:
+            raise HaloRefError(
+                f"LambdaLayer: dim_out={dim_out} is not divisible by num_heads={heads}; "
+                "choose num_heads that divides it"
+            )
+        r = check_positive_int(r, "r")
+        if r % 2 == 0:
+            raise HaloRefError(f"LambdaLayer: r={r} must be odd (a centred r x r neighbourhood)")
+        if stride not in (1, 2):
+            raise HaloRefError(f"LambdaLayer: stride={stride!r}; use 1 or 2")
+        K = check_positive_int(dim_head, "dim_head") if dim_head else None
+        K = K or make_divisible(dim_out * qk_ratio, divisor=8) // heads
+        self.dim, self.dim_out, self.num_heads, self.stride = dim, dim_out, heads, stride
+        self.dim_qk, self.dim_v, self.r = K, dim_out // heads, r
+        self.dtype = float_dtype(dtype)
+        rng, dt = as_generator(rng), self.dtype
+        self.qkv = self.add_child(
+            "qkv", Conv2d(dim, heads * K + K + self.dim_v, 1, bias=False, dtype=dt, rng=rng)
+        )
+        # timm's initialisation: fan-in for qkv, K ** -0.5 for the position kernel
+        self.qkv.params["weight"][...] = trunc_normal(
+            rng, self.qkv.params["weight"].shape, dim**-0.5, dt
+        )
+        self.norm_q = self.add_child("norm_q", BatchNorm2d(heads * K, dtype=dt))
+        self.norm_v = self.add_child("norm_v", BatchNorm2d(self.dim_v, dtype=dt))
+        self.add_param("conv_lambda.weight", trunc_normal(rng, (K, 1, r, r, 1), K**-0.5, dt))
+        self.add_param("conv_lambda.bias", uniform_fan_in(rng, (K,), r * r, dt))
+
+    def __repr__(self):
+        return (
+            f"LambdaLayer({self.dim}, {self.dim_out}, num_heads={self.num_heads}, "
+            f"dim_qk={self.dim_qk}, dim_v={self.dim_v}, r={self.r}, stride={self.stride})"
+        )
+
+    def forward(self, x):
+        """x: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride)."""
+        x = check_feature_map(x, "x", channels=self.dim, dtype=self.dtype, owner="LambdaLayer")
+        if self.stride == 2 and (x.shape[2] % 2 or x.shape[3] % 2):
+            raise HaloRefError(
+                f"LambdaLayer: stride 2 pools 2x2, so H and W must be even, got {x.shape[2:]}"
+            )
+        heads, K = self.num_heads, self.dim_qk
+        qkv = self.qkv.forward(x)
+        q = self.norm_q.forward(np.ascontiguousarray(qkv[:, : heads * K]))
+        k = qkv[:, heads * K : heads * K + K]
+        v = self.norm_v.forward(np.ascontiguousarray(qkv[:, heads * K + K :]))
+        p = self._params
+        weight = p["conv_lambda.weight"][..., 0]  # K, 1, r, r: timm's Conv3d kernel (r, r, 1)
+        out, cache = F.lambda_forward(q, k, v, weight, p["conv_lambda.bias"])
+        pool = None
+        if self.stride == 2:
+            out, pool = F.avgpool2x2_forward(out)
+        self._cache = (cache, pool)
+        return out
+
+    def backward(self, dout):
+        """dout: (B, dim_out, H/stride, W/stride) -> dx; fills grads (qkv, norm_q, norm_v and
+        conv_lambda's)."""
+        self._check_cache()
+        cache, pool = self._cache
+        if pool is not None:
+            dout = F.avgpool2x2_backward(dout, pool)
+        dq, dk, dv, dweight, dbias = F.lambda_backward(dout, cache)
+        dqkv = np.concatenate(
+            [self.norm_q.backward(dq), dk, self.norm_v.backward(dv)], axis=1
+        )  # B, heads*K + K + V, H, W: the qkv channel order
+        self._grads = {"conv_lambda.weight": dweight[..., None], "conv_lambda.bias": dbias}
+        return self.qkv.backward(dqkv)

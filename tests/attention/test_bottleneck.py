@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from timm_helpers import assert_layer_matches_torch
 
 from halo_ref import HaloRefError
 from halo_ref.attention.bottleneck import BottleneckAttention
@@ -63,15 +64,4 @@ def test_matches_timms_bottleneck_attn(timm, torch, kw):
     theirs = BottleneckAttn(8, 16, feat_size=6, num_heads=2, **kw).double()
     theirs.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.params.items()})
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 8, 6, 6))
-    out = ours.forward(x)
-    dout = rng.standard_normal(out.shape)
-    dx = ours.backward(dout)
-    xt = torch.tensor(x, requires_grad=True)
-    out_t = theirs(xt)
-    out_t.backward(torch.tensor(dout))
-    # float64 on both sides: rounding only (a wrong row order errs by O(1))
-    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-12)
-    for name, p in theirs.named_parameters():
-        np.testing.assert_allclose(ours.grads[name], p.grad.numpy(), rtol=0, atol=1e-12)
+    assert_layer_matches_torch(torch, ours, theirs, rng.standard_normal((2, 8, 6, 6)), rng)

@@ -83,6 +83,11 @@ def test_small_models_float32_as_accurate_as_timms(timm, torch1, name, training)
 
 
 FULL_SIZE = {"haloregnetz_b": 224}
+# PyTorch 2.13 (CPU) back-propagates wrongly through BatchNorm2d followed by reshape and
+# transpose when the batch holds one image, which timm's LambdaLayer does (norm_q, norm_v), so
+# timm's own gradients are wrong at batch 1 (torch.autograd.gradcheck fails on timm's layer;
+# halo_ref's pass finite differences; docs/models.md has a ten-line reproduction). Two images.
+BATCH = {"lamhalobotnet50ts_256": 2}
 # CI runs two at full size: halonet26t (the model of the `predict` tests) and haloregnetz_b (odd
 # blocks of 7, pooled strides); the others take a minute each here and are `slow`.
 IN_CI = ("halonet26t", "haloregnetz_b")
@@ -96,8 +101,9 @@ def test_full_size_models_match_timm(timm, torch1, name):
     training mode (BatchNorm over the 8x8 maps of one image)."""
     size = FULL_SIZE.get(name, 256)
     errors, _ = compare_with_timm(
-        timm, torch1, name, size=size, dtype="float64", training=True, batch=1, small=False
-    )
+        timm, torch1, name, size=size, dtype="float64", training=True, batch=BATCH.get(name, 1),
+        small=False,
+    )  # fmt: skip
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE["float64"], (worst, errors[worst])
 
