@@ -121,8 +121,9 @@ def test_flex_refuses_cpu_backward_outside_the_context(torch):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name", ["lucidrains", "kecam"])
+@pytest.mark.parametrize("name", ["lucidrains", "kecam", "flex", "flex:backward"])
 def test_cli_verify_against_outside(outside_packages, capsys, name):
+    """The acceptance commands, as CI runs them (timm's: tests/verification/test_verify.py)."""
     assert main(["verify", "--against", name, "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"PASSED: \d+ of \d+ applicable vectors pass", out)
