@@ -6,6 +6,12 @@ run, is the same step with the attention on the pure NumPy backend. Prints a tab
 benchmarks/results/train_throughput.json.
 
     python benchmarks/bench_train_throughput.py [--model tiny] [--batch-size 128] [--threads 2]
+    python benchmarks/bench_train_throughput.py --busy 1    # also beside 1 busy process
+
+With --busy N the steps are timed again while N processes that only spin run beside them, and
+each backend's loaded/quiet training throughput is printed (see bench_model.py). OpenMP's idle
+threads wait passively (OMP_WAIT_POLICY=PASSIVE, as `halo-ref` sets it) unless the environment
+says otherwise.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ for _i, _a in enumerate(sys.argv):
         _threads = sys.argv[_i + 1]
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = _threads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `halo-ref` command line does
 
 import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from bench_model import busy_processes  # noqa: E402  (this folder: run as a script)
 
 
 def make_runner(backend, args, images, labels, rng):
@@ -63,6 +71,34 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def measure(runners, repeats) -> dict:
+    """backend -> (step times, inference times), the backends taking turns step by step."""
+    times = {b: ([], []) for b in runners}
+    for _ in range(repeats):  # interleaved, so that a load change hits every backend
+        for b, (step, infer) in runners.items():
+            times[b][0].append(timed(step))
+            times[b][1].append(timed(infer))
+    return times
+
+
+def table(times, batch) -> list:
+    """Print the throughput table of `measure`'s times; returns its rows (last: baseline)."""
+    rows = []
+    for b, (steps, infers) in times.items():
+        s, e = float(np.median(steps)), float(np.median(infers))
+        minutes = (50000 / (batch / s) + 10000 / (batch / e)) / 60
+        rows.append(dict(backend=b, step_s=s, train_img_s=batch / s, eval_img_s=batch / e,
+                         minutes_per_cifar_epoch=minutes))  # fmt: skip
+    base = rows[-1]
+    print(f"{'backend':<8} {'s/step':>8} {'train img/s':>12} {'eval img/s':>11} "
+          f"{'min/epoch':>10} {'speed-up':>9}")  # fmt: skip
+    for r in rows:
+        print(f"{r['backend']:<8} {r['step_s']:8.3f} {r['train_img_s']:12.1f} "
+              f"{r['eval_img_s']:11.1f} {r['minutes_per_cifar_epoch']:10.1f} "
+              f"{r['train_img_s'] / base['train_img_s']:8.2f}x")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
@@ -70,9 +106,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed steps per backend (>= 5)")
     p.add_argument("--backends", default="numba,numpy")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="time again beside N busy processes, print loaded/quiet")  # fmt: skip
     args = p.parse_args()
     if args.repeats < 5:
         p.error("--repeats must be >= 5: a median of fewer steps is noise on a shared machine")
+    if args.busy < 0:
+        p.error(f"--busy must be >= 0 processes, got {args.busy}")
     load_before = os.getloadavg()[0]
 
     from halo_ref.training.config import set_threads
@@ -87,32 +127,28 @@ def main() -> None:
     for step, infer in runners.values():  # warm-up: JIT compilation, first allocations
         step()
         infer()
-    times = {b: ([], []) for b in backends}
-    for _ in range(args.repeats):  # interleaved, so that a load change hits every backend
-        for b, (step, infer) in runners.items():
-            times[b][0].append(timed(step))
-            times[b][1].append(timed(infer))
-    rows = []
-    for b in backends:
-        s, e = float(np.median(times[b][0])), float(np.median(times[b][1]))
-        minutes = (50000 / (B / s) + 10000 / (B / e)) / 60
-        rows.append(dict(backend=b, step_s=s, train_img_s=B / s, eval_img_s=B / e,
-                         minutes_per_cifar_epoch=minutes))  # fmt: skip
-    base = rows[-1]
+    times = measure(runners, args.repeats)
     print(f"model {args.model}, batch {B}, {args.threads} threads, median of {args.repeats} steps, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"{'backend':<8} {'s/step':>8} {'train img/s':>12} {'eval img/s':>11} "
-          f"{'min/epoch':>10} {'speed-up':>9}")  # fmt: skip
-    for r in rows:
-        print(f"{r['backend']:<8} {r['step_s']:8.3f} {r['train_img_s']:12.1f} "
-              f"{r['eval_img_s']:11.1f} {r['minutes_per_cifar_epoch']:10.1f} "
-              f"{r['train_img_s'] / base['train_img_s']:8.2f}x")  # fmt: skip
+    rows = table(times, B)
+    base = rows[-1]
     print("min/epoch: 50,000 training images plus 10,000 test images evaluated")
+    busy = None
+    if args.busy:
+        with busy_processes(args.busy):
+            times = measure(runners, args.repeats)
+        print(f"\nbeside {args.busy} busy process(es):")
+        busy_rows = table(times, B)
+        print("loaded / quiet training throughput: " + ", ".join(
+            f"{q['backend']} {b['train_img_s'] / q['train_img_s']:.2f}"
+            for q, b in zip(rows, busy_rows, strict=True)))  # fmt: skip
+        busy = dict(processes=args.busy, rows=busy_rows)
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "train_throughput.json")
     with open(path + ".tmp", "w") as f:
         json.dump(dict(args=vars(args), baseline=base["backend"], rows=rows,
-                       machine=platform.processor() or platform.machine(),
+                       busy=busy, machine=platform.processor() or platform.machine(),
                        cpus=os.cpu_count(), load_before=load_before,
                        load_after=os.getloadavg()[0]), f, indent=2)  # fmt: skip
     os.replace(path + ".tmp", path)
