@@ -642,7 +642,7 @@ def torch_twin(model):
 
 def build_twin(name: str, *, num_classes: int = 10, in_chans: int = 3, dtype=torch.float32):
     """The torch twin of halo_ref's model `name` (`halo_ref.models.CONFIGS`), in evaluation
-    mode like a freshly loaded model (call `.train()` to train it), its weights initialised by
+    mode like a freshly loaded model (call ``twin.train()`` to train it), its weights initialised by
     halo_ref (seed 0): load trained ones with `load_state_dict`."""
     float64 = dtype == torch.float64
     model = halonet(name, num_classes=num_classes, in_chans=in_chans,
