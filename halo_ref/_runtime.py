@@ -20,6 +20,16 @@ and, if Numba is already imported, into `numba.config.CACHE_DIR`, which Numba re
 It applies to every function defined with `cache=True` from then on, the user's own included
 (each source folder has its own subfolder there, so nothing collides). `cache_dir()` says where
 the cache went.
+
+OpenMP wait policy. Numba's threading layer here is GNU OpenMP, whose idle threads spin between
+parallel regions. A training step has many short regions, so beside any other busy process (a
+browser, another job) the spinning threads and that process take turns on the cores and a step
+runs several times slower (issue 13: 4.5x slower beside one busy process, about 2x with passive
+waiting). So halo_ref sets `OMP_WAIT_POLICY=PASSIVE` unless the user set it. OpenMP reads the
+variable once, when its runtime is loaded, which Numba does at the first parallel kernel call:
+after this import, for every user of the library, not only the command line
+(tests/test_runtime.py checks that nothing loads OpenMP earlier). A user who wants spinning
+threads (a dedicated machine) sets `OMP_WAIT_POLICY=ACTIVE` before importing halo_ref.
 """
 
 from __future__ import annotations
@@ -77,4 +87,5 @@ def cache_dir() -> str:
     return _CHOSEN[0] if _CHOSEN else choose_cache_dir()
 
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 choose_cache_dir()

@@ -1,5 +1,4 @@
-"""Where the kernel cache goes and how OpenMP threads wait (halo_ref/_runtime.py,
-halo_ref/cli/__init__.py; issue 13). Each case runs in a fresh interpreter: both settings are
+"""Where the kernel cache goes and how OpenMP threads wait (halo_ref/_runtime.py; issue 13). Each case runs in a fresh interpreter: both settings are
 made once, at import, before Numba defines a kernel or loads OpenMP."""
 
 from __future__ import annotations
@@ -9,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import halo_ref
 
@@ -69,19 +70,23 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temporary_folder_with_a_no
     assert all(_under(p, got["dir"]) for p in got["paths"]), got
 
 
-# the wait policy the command line leaves in the environment, and whether an OpenMP runtime
-# was loaded by then (it reads OMP_WAIT_POLICY once, when loaded)
-_CLI_OPENMP = """
-import json, os
-import halo_ref.cli.main  # noqa: F401
+# the wait policy importing halo_ref (the library, or the command line) leaves in the
+# environment, and whether an OpenMP runtime was loaded by then (it reads OMP_WAIT_POLICY once,
+# when loaded)
+_OPENMP = """
+import json, os, sys
+import halo_ref  # noqa: F401
+if "cli" in sys.argv:
+    import halo_ref.cli.main  # noqa: F401
 maps = open("/proc/self/maps").read()
 print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY"),
                   "loaded": any(lib in maps for lib in ("libgomp", "libiomp", "libomp"))}))
 """
 
 
-def test_the_cli_makes_openmp_threads_wait_passively_unless_the_user_chose(tmp_path):
-    got = json.loads(_python(_CLI_OPENMP, {"OMP_WAIT_POLICY": None}).stdout)
+@pytest.mark.parametrize("entry", ["library", "cli"])
+def test_openmp_threads_wait_passively_unless_the_user_chose(entry):
+    got = json.loads(_python(_OPENMP, {"OMP_WAIT_POLICY": None}, entry).stdout)
     assert got == {"policy": "PASSIVE", "loaded": False}, got
-    got = json.loads(_python(_CLI_OPENMP, {"OMP_WAIT_POLICY": "ACTIVE"}).stdout)
+    got = json.loads(_python(_OPENMP, {"OMP_WAIT_POLICY": "ACTIVE"}, entry).stdout)
     assert got["policy"] == "ACTIVE", got
