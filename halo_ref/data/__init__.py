@@ -1,6 +1,7 @@
-"""Files shipped with halo_ref for the tutorials: a small HaloNet trained on CIFAR-10 and a few
-CIFAR-10 test photographs, so that looking at trained attention needs no download and no
-training (credit, licence and how they were made: README.md beside this file).
+"""Files shipped with halo_ref: the handwritten digits of the first `halo-ref train` (loaded by
+`halo_ref.training.data.load_digits`), and, for the tutorials, a small HaloNet trained on
+CIFAR-10 and a few CIFAR-10 test photographs, so that looking at trained attention needs no
+download and no training (credit, licence and how they were made: README.md beside this file).
 
     model, meta = load_tiny_cifar10()         # eval mode, float32 (stored as float16)
     photos = load_photos()                    # uint8 (N, 32, 32, 3), labels, class names

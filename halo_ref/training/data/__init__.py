@@ -30,10 +30,10 @@ DATASETS_HELP = (
 def load_digits() -> Dataset:
     """The bundled UCI optical handwritten digits: 1,438 train and 359 test 8x8 images, 10 classes.
 
-    Pixel values are the original counts 0..16 (see halo_ref/training/data/README.md for the source,
+    Pixel values are the original counts 0..16 (see halo_ref/data/README.md for the source,
     licence and how the fixed, stratified split was made).
     """
-    ref = resources.files("halo_ref.training.data").joinpath("digits.npz")
+    ref = resources.files("halo_ref").joinpath("data", "digits.npz")
     with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     return Dataset(

@@ -2,7 +2,7 @@
 
     pip download --no-deps scikit-learn -d /tmp/skl && cd /tmp/skl && unzip -o *.whl \
         sklearn/datasets/data/digits.csv.gz
-    python -m halo_ref.training.data._make_digits /tmp/skl/sklearn/datasets/data/digits.csv.gz
+    python -m halo_ref.data._make_digits /tmp/skl/sklearn/datasets/data/digits.csv.gz
 
 Each CSV row is 64 pixel counts (0..16, row-major 8x8) followed by the label. The split is
 stratified: in each class, a fixed permutation (seed 0) sends 20% of the images to the test set.
