@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import HaloRefError
+from .training.data.images import pillow
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,18 +44,10 @@ PRETRAINED_CFG = {
 _RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}
 
 
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise HaloRefError("reading images needs Pillow: pip install pillow") from None
-    return Image
-
-
 def resize_shorter_side(image, size: int, interpolation: str = "bicubic"):
     """Resize a PIL image so that its shorter side is `size`; the longer side becomes
     int(size * long / short) (truncated, as torchvision's Resize(int) computes it)."""
-    Image = _pil()
+    Image, _ = pillow()
     w, h = image.size
     if w <= h:
         new = (size, int(size * h / w))
@@ -80,7 +73,7 @@ def preprocess(image, cfg: dict) -> np.ndarray:
 
     cfg: input_size, crop_pct, interpolation, mean, std (see `PRETRAINED_CFG`).
     """
-    Image = _pil()
+    Image, _ = pillow()
     if not hasattr(image, "convert"):
         path = Path(image)
         try:

@@ -39,7 +39,8 @@ class BadImage(HaloRefError):
     """A file that cannot be read as an image (its message names the file)."""
 
 
-def _pil():
+def pillow():
+    """Pillow's Image and ImageOps modules, imported when images are first read."""
     try:
         from PIL import Image, ImageOps
     except ImportError:  # pragma: no cover - Pillow is a dependency
@@ -55,7 +56,7 @@ def pillow_version() -> str:
 
 def open_image(data: bytes, name: str):
     """Pillow's lazy view of an image file's bytes (header read, pixels not yet decoded)."""
-    Image, _ = _pil()
+    Image, _ = pillow()
     try:
         return Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:  # no format Pillow knows matches its first bytes
@@ -101,7 +102,7 @@ def cover_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
 def read_image(data: bytes, name: str, *, channels: int, size: tuple[int, int]) -> np.ndarray:
     """The image file's bytes -> uint8 (H, W, channels) at `size` = (H, W), by the module's
     rules. channels: 1 (grey) or 3 (RGB)."""
-    Image, ImageOps = _pil()
+    Image, ImageOps = pillow()
     im = open_image(data, name)
     try:
         if im.format == "JPEG" and size[0] == size[1] and size != (im.height, im.width):
@@ -133,7 +134,7 @@ def _shorter_side(im, side: int) -> tuple[int, int]:
 
 def _eight_bit(im, channels: int):
     """A Pillow image in mode L (channels 1) or RGB (channels 3), alpha composited on black."""
-    Image, _ = _pil()
+    Image, _ = pillow()
     if im.mode in SIXTEEN_BIT:
         v = np.asarray(im, dtype=np.float64)  # H, W
         im = Image.fromarray(np.clip(np.rint(v / 257), 0, 255).astype(np.uint8), "L")
