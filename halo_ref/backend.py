@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from . import _numba_math
 from ._checks import FLOAT_DTYPES, HaloRefError, check_choice
+from ._runtime import cache_dir
 from .attention import core
 from .attention import kernels as attention_kernels
 from .nn import functional as F
@@ -184,30 +191,102 @@ def use(backend):
         _CURRENT.reset(token)
 
 
-def warm_up(dtypes=(np.float32, np.float64)) -> float:
-    """Compile every Numba kernel for each dtype (or load it from the disk cache) by running a
-    tiny case of each; returns the seconds spent. Call it once before timing anything."""
-    start = time.perf_counter()
+# The compiled kernels live in three source files; Numba's cache entries follow their stamps.
+_KERNEL_SOURCES = (K.__file__, attention_kernels.__file__, _numba_math.__file__)
+# Run in a second interpreter by `warm_up`: the attention kernels for the dtypes in argv.
+_ATTENTION_CHILD = (
+    "import sys; import numpy as np; from halo_ref import backend; "
+    "[backend._warm_attention(np.dtype(d)) for d in sys.argv[1:]]"
+)
+
+
+def _warm_attention(dt) -> None:
+    """Run one tiny case of the two attention kernels (forward, backward) in dtype dt."""
     rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 2, 4, 4)).astype(dt)
+    kv = rng.standard_normal((1, 4, 4, 4)).astype(dt)
+    rel = rng.standard_normal((9, 2)).astype(dt)
+    kwargs = dict(num_heads=1, block_size=2, halo_size=1, scale=0.5, border="mask")
+    out, cache = NUMBA.halo_attention_forward(q, kv, rel, rel, **kwargs)  # one kernel pair
+    NUMBA.halo_attention_backward(out, cache)  # serves blocks and strips
+
+
+def _warm_layers(dt) -> None:
+    """Run one tiny case of every layer kernel (convolutions, BatchNorm, SiLU, add) in dtype dt."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, 2, 4, 4)).astype(dt)
+    kv = rng.standard_normal((1, 4, 4, 4)).astype(dt)
+    y, cache = K.conv1x1_to_pixels(kv, rng.standard_normal((3, 4)).astype(dt), None, 2)
+    dx, _, _ = K.conv1x1_to_pixels_backward(y, cache)
+    K.conv1x1_to_pixels_backward(y, cache, add_into=dx)
+    y, cache = K.conv1x1_forward(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
+    K.conv1x1_backward(y, cache)
+    w = np.ones(4, dt)  # contiguous, as a layer's parameters: a strided one compiles anew
+    out, cache = K.batchnorm2d_train_forward(
+        kv, w, w, np.zeros(4, dt), np.ones(4, dt), momentum=0.1, eps=1e-5
+    )
+    K.batchnorm2d_train_backward(out, cache)
+    out, cache = K.silu_forward(kv)
+    K.silu_backward(K.add(out, kv), cache)
+    y, cache = K.conv2d_forward(kv, rng.standard_normal((3, 4, 3, 3)).astype(dt), None, 2, 1)
+    K.conv2d_backward(y, cache)
+
+
+def _ready_marker(dt) -> Path:
+    """The file `warm_up` leaves in the kernel cache once dtype dt's kernels are in it, named
+    after what Numba's cache entries depend on (versions, this CPU, the kernel sources' stamps):
+    any change gives a new name, so a stale marker is never read."""
+    import llvmlite.binding
+    import numba
+
+    stamps = [(os.path.getmtime(f), os.path.getsize(f)) for f in _KERNEL_SOURCES]
+    key = repr((numba.__version__, sys.version, llvmlite.binding.get_host_cpu_name(),
+                np.dtype(dt).name, stamps))  # fmt: skip
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cache_dir()) / f"halo_ref-warm-{np.dtype(dt).name}-{digest}"
+
+
+def _start_attention_compile(dtypes):
+    """A second interpreter that compiles the attention kernels into the shared disk cache
+    while this one compiles the layer kernels; None if it cannot start (then this one does it)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _ATTENTION_CHILD, *(np.dtype(d).name for d in dtypes)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    except OSError:
+        return None
+
+
+def warm_up(dtypes=(np.float32, np.float64), *, processes=None) -> float:
+    """Compile every Numba kernel for each dtype (or load it from the disk cache) by running a
+    tiny case of each; returns the seconds spent. Call it once before timing anything.
+
+    processes: 1 compiles everything here; 2 compiles the attention kernels in a second
+    interpreter at the same time (they and the layer kernels take about as long, so a first
+    run on two cores waits about half as long), then loads them from the cache. None (the
+    default) uses 2 when a dtype's kernels are not yet in the cache and this process may run
+    on two cores or more, else 1. The results are the same bits either way: a loaded kernel
+    computes what the compiled one does (tests/test_cache_state.py).
+    """
+    start = time.perf_counter()
+    dtypes = [np.dtype(d) for d in dtypes]
+    if processes is None:
+        cold = [d for d in dtypes if not _ready_marker(d).exists()]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        processes = 2 if cold and (cores or 1) >= 2 else 1
+    check_choice(processes, "processes", (1, 2))
+    child = _start_attention_compile(dtypes) if processes == 2 else None
+    try:
+        for dt in dtypes:
+            _warm_layers(dt)
+        if child is not None:
+            child.wait()  # whatever it reached is in the cache; the rest compiles below
+    finally:
+        if child is not None and child.poll() is None:  # interrupted here: do not leave it
+            child.kill()
     for dt in dtypes:
-        q = rng.standard_normal((1, 2, 4, 4)).astype(dt)
-        kv = rng.standard_normal((1, 4, 4, 4)).astype(dt)
-        rel = rng.standard_normal((9, 2)).astype(dt)
-        kwargs = dict(num_heads=1, block_size=2, halo_size=1, scale=0.5, border="mask")
-        out, cache = NUMBA.halo_attention_forward(q, kv, rel, rel, **kwargs)  # one kernel pair
-        NUMBA.halo_attention_backward(out, cache)  # serves blocks and strips
-        y, cache = K.conv1x1_to_pixels(kv, rng.standard_normal((3, 4)).astype(dt), None, 2)
-        dx, _, _ = K.conv1x1_to_pixels_backward(y, cache)
-        K.conv1x1_to_pixels_backward(y, cache, add_into=dx)
-        y, cache = K.conv1x1_forward(q, rng.standard_normal((3, 2, 1, 1)).astype(dt))
-        K.conv1x1_backward(y, cache)
-        w = np.ones(4, dt)  # contiguous, as a layer's parameters: a strided one compiles anew
-        out, cache = K.batchnorm2d_train_forward(
-            kv, w, w, np.zeros(4, dt), np.ones(4, dt), momentum=0.1, eps=1e-5
-        )
-        K.batchnorm2d_train_backward(out, cache)
-        out, cache = K.silu_forward(kv)
-        K.silu_backward(K.add(out, kv), cache)
-        y, cache = K.conv2d_forward(kv, rng.standard_normal((3, 4, 3, 3)).astype(dt), None, 2, 1)
-        K.conv2d_backward(y, cache)
+        _warm_attention(dt)
+        with contextlib.suppress(OSError):  # a read-only cache: the next run just cannot tell
+            _ready_marker(dt).touch()
     return time.perf_counter() - start

@@ -171,3 +171,13 @@ def test_warm_up_compiles_every_kernel(numba_warm):
         [sys.executable, "-c", WARM_UP_CHECK], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_warm_up_marks_the_cache_and_checks_its_processes(numba_warm):
+    """After a warm-up the cache holds its ready marker (so the next run does not start a
+    second interpreter for nothing); `processes` is 1 or 2, said in one line."""
+    assert backend._ready_marker(np.float32).exists()
+    assert backend._ready_marker(np.float64).exists()
+    with pytest.raises(HaloRefError, match="processes=3") as e:
+        backend.warm_up(processes=3)
+    assert "\n" not in str(e.value)

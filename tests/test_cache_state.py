@@ -41,7 +41,7 @@ def compiled():
 functions = [getattr(m, n) for m in (layer_kernels, _numba_math, attention_kernels)
              for n in dir(m) if hasattr(getattr(m, n), "signatures")]
 set_threads(None)
-backend.warm_up(dtypes=(np.float32,))
+backend.warm_up(dtypes=(np.float32,), processes=int(sys.argv[2]))
 after_warm_up = compiled()
 d = load_digits()
 x = (d.x_train[:32].transpose(0, 3, 1, 2) / 16.0 - 0.5).astype(np.float32)  # B, 1, 8, 8
@@ -61,17 +61,21 @@ print(compiled(), loaded, compiled() - after_warm_up, " ".join(twice) or "-")
 """
 
 
-def _step(path, cache_dir):
-    """Run STEP in a fresh interpreter on this kernel cache: the counts it prints."""
+def _step(path, cache_dir, processes=1):
+    """Run STEP in a fresh interpreter on this kernel cache, its warm-up compiling in
+    `processes` interpreters: the counts it prints."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.run([sys.executable, "-c", STEP, str(path)], capture_output=True,
-                          text=True, env=env, timeout=900)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", STEP, str(path), str(processes)],
+                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     compiled, loaded, after_warm_up, twice = proc.stdout.strip().split(maxsplit=3)
     return int(compiled), int(loaded), int(after_warm_up), twice
 
 
 def test_a_step_is_bit_identical_whether_kernels_were_compiled_or_loaded(tmp_path):
+    """One training step gives the same bits with kernels compiled in the process, loaded
+    from the disk cache, or split between the two (a first run's warm-up compiles the
+    attention kernels in a second interpreter and loads them from the cache it fills)."""
     cache = tmp_path / "numba-cache"
     cache.mkdir()
     compiled, loaded, after_warm_up, twice = _step(tmp_path / "compiled.npz", cache)
@@ -79,12 +83,21 @@ def test_a_step_is_bit_identical_whether_kernels_were_compiled_or_loaded(tmp_pat
     # the first run's compile time: nothing compiled twice, nothing left for the first step
     assert twice == "-", f"compiled for more than one signature: {twice}"
     assert after_warm_up == 0, f"{after_warm_up} functions compiled after the warm-up"
+    compiled_alone = compiled
     compiled, loaded, _, _ = _step(tmp_path / "loaded.npz", cache)
     assert compiled == 0 and loaded > 0, (compiled, loaded)  # everything came from the cache
-    with np.load(tmp_path / "compiled.npz") as a, np.load(tmp_path / "loaded.npz") as b:
-        assert sorted(a.files) == sorted(b.files)
-        differ = [k for k in a.files if a[k].tobytes() != b[k].tobytes()]
-    assert not differ, f"{len(differ)} of {len(a.files)} arrays differ: {differ}"
+    split_cache = tmp_path / "split-cache"
+    split_cache.mkdir()
+    compiled, loaded, after_warm_up, twice = _step(tmp_path / "split.npz", split_cache, 2)
+    # the second interpreter compiled the attention kernels: this one loaded them
+    assert 0 < compiled < compiled_alone and loaded > 0, (compiled, loaded, compiled_alone)
+    assert twice == "-" and after_warm_up == 0, (twice, after_warm_up)
+    with np.load(tmp_path / "compiled.npz") as a:
+        for other in ("loaded.npz", "split.npz"):
+            with np.load(tmp_path / other) as b:
+                assert sorted(a.files) == sorted(b.files)
+                differ = [k for k in a.files if a[k].tobytes() != b[k].tobytes()]
+            assert not differ, f"{other}: {len(differ)} of {len(a.files)} arrays differ: {differ}"
 
 
 def _train(out, cache_dir, *extra):
