@@ -193,11 +193,20 @@ def use(backend):
 
 # The compiled kernels live in three source files; Numba's cache entries follow their stamps.
 _KERNEL_SOURCES = (K.__file__, attention_kernels.__file__, _numba_math.__file__)
-# Run in a second interpreter by `warm_up`: the attention kernels for the dtypes in argv.
+# Run in a second interpreter by `warm_up`: the attention kernels for the dtypes in argv[2:],
+# from the copy of halo_ref in the folder argv[1] (the one this process runs; a command started
+# in a source checkout would otherwise import the checkout's copy, whose cache entries differ)
 _ATTENTION_CHILD = (
-    "import sys; import numpy as np; from halo_ref import backend; "
-    "[backend._warm_attention(np.dtype(d)) for d in sys.argv[1:]]"
+    "import sys; sys.path.insert(0, sys.argv[1]); import numpy as np; "
+    "from halo_ref import backend; [backend._warm_attention(np.dtype(d)) for d in sys.argv[2:]]"
 )
+
+
+def _attention_child_command(dtypes) -> list[str]:
+    """The command line of the second interpreter that compiles the attention kernels."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    return [sys.executable, "-c", _ATTENTION_CHILD, package_root,
+            *(np.dtype(d).name for d in dtypes)]  # fmt: skip
 
 
 def _warm_attention(dt) -> None:
@@ -251,7 +260,7 @@ def _start_attention_compile(dtypes):
     while this one compiles the layer kernels; None if it cannot start (then this one does it)."""
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _ATTENTION_CHILD, *(np.dtype(d).name for d in dtypes)],
+            _attention_child_command(dtypes),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     except OSError:

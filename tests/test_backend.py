@@ -181,3 +181,15 @@ def test_warm_up_marks_the_cache_and_checks_its_processes(numba_warm):
     with pytest.raises(HaloRefError, match="processes=3") as e:
         backend.warm_up(processes=3)
     assert "\n" not in str(e.value)
+
+
+def test_warm_ups_second_interpreter_imports_this_halo_ref(tmp_path):
+    """Started in a folder holding another `halo_ref` (a source checkout beside an installed
+    copy), the interpreter that compiles the attention kernels still imports this process's
+    copy: kernels compiled from another copy's files would be cached under other names."""
+    decoy = tmp_path / "halo_ref"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy was imported')\n")
+    command = backend._attention_child_command(dtypes=())  # no dtypes: import only
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
