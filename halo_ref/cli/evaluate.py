@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from .._checks import COUNT
 from ..training.data import DATASETS_HELP
 from ..training.evaluate import evaluate_checkpoint
@@ -19,6 +21,12 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="where CIFAR-10 is (default ~/.cache/halo_ref)")
     p.add_argument("--threads", type=COUNT, help="threads for the Numba kernels (default: all)")
     p.add_argument("--batch-size", type=COUNT, default=256, help="images per batch (default 256)")
+    p.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="score the mean of the logits of each image and of its left-right mirror (for "
+        "models trained with --flip; twice the work)",
+    )
     p.set_defaults(func=run)
 
 
@@ -29,10 +37,18 @@ def run(args) -> int:
         data_dir=args.data_dir,
         threads=args.threads,
         batch_size=args.batch_size,
+        flip_average=args.flip_average,
     )
+    if result["flip_averaged"] and not result["trained_with_flips"]:
+        print(
+            "note: this model was trained without --flip; its mirror images may not show the "
+            "same class",
+            file=sys.stderr,
+        )
+    how = ", flip-averaged" if result["flip_averaged"] else ""
     print(
         f"test accuracy: {100 * result['test_accuracy']:.2f}% "
         f"({result['correct']}/{result['images']}) loss {result['test_loss']:.4f} "
-        f"[{result['dataset']}, {result['checkpoint']}, epoch {result['epoch']}]"
+        f"[{result['dataset']}, {result['checkpoint']}, epoch {result['epoch']}{how}]"
     )
     return 0

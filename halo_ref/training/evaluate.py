@@ -33,15 +33,24 @@ class Batcher:
         return pad_to_multiple(x, self.multiple)[0]
 
 
-def evaluate(model, batcher: Batcher, images, labels, *, loss_fns=None, batch_size=256):
-    """Mean cross-entropy and accuracy of `model` (in eval mode) on uint8 images (N, H, W, C)."""
+def evaluate(
+    model, batcher: Batcher, images, labels, *, loss_fns=None, batch_size=256, flip_average=False
+):
+    """Mean cross-entropy and accuracy of `model` (in eval mode) on uint8 images (N, H, W, C).
+
+    flip_average: score the mean of the logits of each image and of its left-right mirror (a
+    test-time augmentation for models trained with flips; twice the work).
+    """
     COUNT.check(batch_size, "batch_size")
     fwd = loss_fns[0] if loss_fns else cross_entropy_forward
     model.eval()
     total_loss, correct = 0.0, 0
     try:
         for i in range(0, len(images), batch_size):
-            logits = model.forward(batcher(images[i : i + batch_size]))
+            chunk = images[i : i + batch_size]  # B, H, W, C
+            logits = model.forward(batcher(chunk))
+            if flip_average:  # mirror before padding, so the padding stays where training had it
+                logits = 0.5 * (logits + model.forward(batcher(chunk[:, :, ::-1])))
             y = labels[i : i + batch_size]
             loss, _ = fwd(logits, y)
             total_loss += float(loss) * len(y)
@@ -71,6 +80,7 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     threads: int | None = None,
     batch_size: int = 256,
+    flip_average: bool = False,
     model_factory=None,
     loss_fns=None,
 ) -> dict:
@@ -78,6 +88,7 @@ def evaluate_checkpoint(
 
     The images are normalised with the training statistics stored in the checkpoint. `dataset`
     defaults to the one the checkpoint was trained on; another must have the same image size.
+    flip_average: as in `evaluate`.
     """
     COUNT.check(batch_size, "batch_size")
     if threads is not None:
@@ -115,11 +126,12 @@ def evaluate_checkpoint(
     )
     model.load_state_dict(model_state)
     batcher = Batcher(meta["mean"], meta["std"], meta["input_multiple"], dtype)
-    loss, acc = evaluate(
-        model, batcher, data.x_test, data.y_test, loss_fns=loss_fns, batch_size=batch_size
-    )
+    loss, acc = evaluate(model, batcher, data.x_test, data.y_test, loss_fns=loss_fns,
+                         batch_size=batch_size, flip_average=flip_average)  # fmt: skip
     n = len(data.x_test)
     return {
+        "flip_averaged": bool(flip_average),
+        "trained_with_flips": bool(cfg.get("flip")),
         "test_loss": loss,
         "test_accuracy": acc,
         "correct": round(acc * n),

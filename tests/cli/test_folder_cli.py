@@ -48,6 +48,13 @@ def test_train_on_a_folder_of_28x28_grey_images_picks_tiny28_and_keeps_the_class
     line = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert f"{100 * summary['test_accuracy']:.2f}%" in line
+    # --flip-average scores each image with its mirror; here a mirror shows the other class
+    # (the bright half moves) and the run had no flips, which the note says
+    assert main(["evaluate", "--checkpoint", str(out / "best.npz"), "--flip-average",
+                 "--data-dir", str(tmp_path / "home")]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert captured.out.rstrip().endswith(", epoch 1, flip-averaged]"), captured.out
+    assert "this model was trained without --flip" in captured.err
 
 
 BAD = [

@@ -7,6 +7,7 @@ import pytest
 from helpers import StandIn
 
 from halo_ref import HaloRefError
+from halo_ref.nn.functional import cross_entropy_forward
 from halo_ref.training.evaluate import Batcher, evaluate, evaluate_checkpoint
 
 
@@ -30,6 +31,22 @@ def test_evaluate_averages_over_every_image_in_eval_mode():
     assert seen == [(3, False), (3, False), (1, False)] and model.training
     logits = forward(batcher(images))
     assert acc == np.mean(logits.argmax(axis=1) == labels)
+
+
+def test_flip_average_scores_the_mean_logits_of_each_image_and_its_mirror():
+    # 5x6 images padded to 8x8: the mirror is taken before padding, as training's flips are
+    model = StandIn(3 * 8 * 8, 3, dtype=np.float64, rng=0)
+    images = np.random.default_rng(1).integers(0, 255, (5, 5, 6, 3)).astype(np.uint8)
+    labels = np.array([0, 1, 2, 0, 1])
+    batcher = Batcher([100.0] * 3, [50.0] * 3, 8, np.float64)
+    loss, acc = evaluate(model, batcher, images, labels, batch_size=2, flip_average=True)
+    logits = 0.5 * (model.forward(batcher(images)) + model.forward(batcher(images[:, :, ::-1])))
+    expected_loss, _ = cross_entropy_forward(logits, labels)
+    # the same sums in another grouping (batches of 2 against all 5): rounding only
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-12, atol=0)
+    assert acc == np.mean(logits.argmax(axis=1) == labels)
+    plain_loss, _ = evaluate(model, batcher, images, labels, batch_size=2)
+    assert plain_loss != loss  # the mirror changed the score: the option did something
 
 
 @pytest.mark.parametrize("batch_size", [0, -1])
