@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_model import busy_processes  # this folder: run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -70,8 +72,7 @@ def kernels_ready(log: str) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
-    try:
+    with busy_processes(args.busy):
         with tempfile.TemporaryDirectory(prefix="halo_ref-first-run-") as tmp:
             tmp = Path(tmp)
             clone, venv, cache = tmp / "clone", tmp / "venv", tmp / "cache"
@@ -91,9 +92,6 @@ def main(argv=None) -> dict:
                 _, out = timed([str(venv / "bin" / "python"), "-c", WARM_UP, str(processes)],
                                cwd=tmp, env=env_p)  # fmt: skip
                 split[processes] = float(out.strip().splitlines()[-1])
-    finally:
-        for proc in busy:
-            proc.kill()
     result = {
         "busy_processes": args.busy,
         "pip_install_s": pip_s,
